@@ -1,0 +1,138 @@
+//! The store: one SQL code path over sqlx's `Any` driver for SQLite and
+//! PostgreSQL, with explicit dialect branches where the two differ.
+//! Private to this crate: only the gate (`service`) may touch it.
+
+mod blobs;
+
+use crate::error::{Error, Result};
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{Any, AnyPool, Executor, Transaction};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub(crate) use blobs::BlobStore;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+pub(crate) type Tx = Transaction<'static, Any>;
+
+#[derive(Clone)]
+pub(crate) struct Db {
+    pub pool: AnyPool,
+    pub dialect: Dialect,
+    pub blobs: BlobStore,
+}
+
+/// Where the data lives: an embedded SQLite data directory, or PostgreSQL.
+#[derive(Debug, Clone)]
+pub enum StoreLocation {
+    DataDir(PathBuf),
+    Postgres(String),
+}
+
+impl StoreLocation {
+    pub fn describe(&self) -> String {
+        match self {
+            StoreLocation::DataDir(p) => format!("SQLite in {}", p.display()),
+            // Never print credentials that may sit in the URL.
+            StoreLocation::Postgres(url) => format!("PostgreSQL at {}", redact_url(url)),
+        }
+    }
+}
+
+/// `postgres://user:pass@host/db` -> `postgres://user:***@host/db`.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..scheme_end + 3], user, &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl Db {
+    pub async fn open(location: &StoreLocation) -> Result<Self> {
+        install_default_drivers();
+        match location {
+            StoreLocation::DataDir(dir) => Self::open_sqlite(dir).await,
+            StoreLocation::Postgres(url) => Self::open_postgres(url).await,
+        }
+    }
+
+    async fn open_sqlite(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::Internal(format!("cannot create data directory {}: {e}", dir.display()))
+        })?;
+        let db_path = dir.join("agentpost.db");
+        let url = format!("sqlite://{}?mode=rwc", db_path.display());
+        let pool = AnyPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    // WAL: readers never block the writer. synchronous=FULL: a
+                    // commit is on disk before we answer (durability promise).
+                    conn.execute(
+                        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
+                         PRAGMA foreign_keys=ON; PRAGMA busy_timeout=30000;",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        let blobs = BlobStore::files(dir.join("blobs"))?;
+        Ok(Db {
+            pool,
+            dialect: Dialect::Sqlite,
+            blobs,
+        })
+    }
+
+    async fn open_postgres(url: &str) -> Result<Self> {
+        let pool = AnyPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect(url)
+            .await
+            .map_err(|e| {
+                Error::Internal(format!("cannot connect to {}: {e}", redact_url(url)))
+            })?;
+        // sqlx takes an advisory lock, so several nodes starting at once
+        // migrate exactly once.
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(Db {
+            pool,
+            dialect: Dialect::Postgres,
+            blobs: BlobStore::Database,
+        })
+    }
+
+    /// Begins a write transaction and takes the organisation's write lock
+    /// first (a no-op update of the audit head). On SQLite this acquires the
+    /// database write lock up front, so the transaction can never fail later
+    /// with a lock upgrade; on PostgreSQL it row-locks the head, serialising
+    /// the audit chain and event ids across every node.
+    pub async fn begin_write(&self) -> Result<Tx> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE audit_head SET last_id = last_id WHERE id = 1")
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
