@@ -258,15 +258,17 @@ impl Service {
 
     pub async fn revoke_token(&self, ctx: &Ctx, agent_id: &str, token_id: &str) -> Result<CredentialInfo> {
         let agent = self.visible_agent(ctx, agent_id).await?;
-        self.require_admin(ctx, "token.revoke", Some(token_id)).await?;
+        // Ownership before privilege: another agent's token is *not found*.
         let c = self.owned_credential(CredentialKind::Agent, Some(&agent.id), token_id).await?;
+        self.require_admin(ctx, "token.revoke", Some(token_id)).await?;
         self.revoke(ctx, c).await
     }
 
     pub async fn rotate_token(&self, ctx: &Ctx, agent_id: &str, token_id: &str, overlap_secs: Option<i64>) -> Result<IssuedCredential> {
         let agent = self.visible_agent(ctx, agent_id).await?;
-        self.require_admin(ctx, "token.rotate", Some(token_id)).await?;
+        // Ownership before privilege: another agent's token is *not found*.
         let c = self.owned_credential(CredentialKind::Agent, Some(&agent.id), token_id).await?;
+        self.require_admin(ctx, "token.rotate", Some(token_id)).await?;
         self.rotate(ctx, c, overlap_secs).await
     }
 
