@@ -37,8 +37,10 @@ pub struct ApplyOptions<'a> {
 }
 
 pub async fn apply(client: &Client, opts: ApplyOptions<'_>) -> Result<()> {
-    let text = std::fs::read_to_string(opts.file).with_context(|| format!("cannot read {}", opts.file.display()))?;
-    let desired: Desired = toml::from_str(&text).with_context(|| format!("{} is not a valid agents file", opts.file.display()))?;
+    let text = std::fs::read_to_string(opts.file)
+        .with_context(|| format!("cannot read {}", opts.file.display()))?;
+    let desired: Desired = toml::from_str(&text)
+        .with_context(|| format!("{} is not a valid agents file", opts.file.display()))?;
     let mut seen = std::collections::HashSet::new();
     for a in &desired.agents {
         if !seen.insert(a.address.to_lowercase()) {
@@ -54,9 +56,17 @@ pub async fn apply(client: &Client, opts: ApplyOptions<'_>) -> Result<()> {
         .map(|a| (a["address"].as_str().unwrap_or("").to_lowercase(), a))
         .collect();
 
-    let to_create: Vec<&DesiredAgent> = desired.agents.iter().filter(|d| !current.contains_key(&d.address.to_lowercase())).collect();
+    let to_create: Vec<&DesiredAgent> = desired
+        .agents
+        .iter()
+        .filter(|d| !current.contains_key(&d.address.to_lowercase()))
+        .collect();
     let to_prune: Vec<&Value> = if opts.prune {
-        current.iter().filter(|(addr, _)| !seen.contains(*addr)).map(|(_, a)| a).collect()
+        current
+            .iter()
+            .filter(|(addr, _)| !seen.contains(*addr))
+            .map(|(_, a)| a)
+            .collect()
     } else {
         vec![]
     };
@@ -96,7 +106,11 @@ pub async fn apply(client: &Client, opts: ApplyOptions<'_>) -> Result<()> {
                     continue;
                 }
                 let mut body = json!({ "address": d.address, "sponsor": d.sponsor });
-                for (k, v) in [("display_name", &d.display_name), ("description", &d.description), ("policy_id", &d.policy_id)] {
+                for (k, v) in [
+                    ("display_name", &d.display_name),
+                    ("description", &d.description),
+                    ("policy_id", &d.policy_id),
+                ] {
                     if let Some(v) = v {
                         body[k] = json!(v);
                     }
@@ -107,11 +121,17 @@ pub async fn apply(client: &Client, opts: ApplyOptions<'_>) -> Result<()> {
             }
             Some(cur) => {
                 let mut patch = serde_json::Map::new();
-                let differs = |field: &str, want: &Option<String>| cur[field].as_str().map(str::to_string) != *want;
+                let differs = |field: &str, want: &Option<String>| {
+                    cur[field].as_str().map(str::to_string) != *want
+                };
                 if cur["sponsor"].as_str() != Some(d.sponsor.as_str()) {
                     patch.insert("sponsor".into(), json!(d.sponsor));
                 }
-                for (field, want) in [("display_name", &d.display_name), ("description", &d.description), ("policy_id", &d.policy_id)] {
+                for (field, want) in [
+                    ("display_name", &d.display_name),
+                    ("description", &d.description),
+                    ("policy_id", &d.policy_id),
+                ] {
                     if differs(field, want) {
                         patch.insert(field.into(), json!(want.clone().unwrap_or_default()));
                     }
@@ -123,8 +143,16 @@ pub async fn apply(client: &Client, opts: ApplyOptions<'_>) -> Result<()> {
                 } else {
                     let fields: Vec<String> = patch.keys().cloned().collect();
                     let id = cur["id"].as_str().unwrap_or("");
-                    client.call(Method::PATCH, &format!("/v1/agents/{id}"), Some(Value::Object(patch))).await?;
-                    report.push(json!({ "address": d.address, "action": "updated", "fields": fields }));
+                    client
+                        .call(
+                            Method::PATCH,
+                            &format!("/v1/agents/{id}"),
+                            Some(Value::Object(patch)),
+                        )
+                        .await?;
+                    report.push(
+                        json!({ "address": d.address, "action": "updated", "fields": fields }),
+                    );
                 }
             }
         }
@@ -136,7 +164,9 @@ pub async fn apply(client: &Client, opts: ApplyOptions<'_>) -> Result<()> {
             continue;
         }
         let id = a["id"].as_str().unwrap_or("");
-        client.call(Method::POST, &format!("/v1/agents/{id}/decommission"), None).await?;
+        client
+            .call(Method::POST, &format!("/v1/agents/{id}/decommission"), None)
+            .await?;
         report.push(json!({ "address": addr, "action": "decommissioned" }));
     }
     if let Some(mut f) = tokens_file {
@@ -145,11 +175,22 @@ pub async fn apply(client: &Client, opts: ApplyOptions<'_>) -> Result<()> {
         f.sync_all()?;
     }
     if client.json {
-        println!("{}", serde_json::to_string_pretty(&json!({ "changes": report }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "changes": report }))?
+        );
     } else {
         for r in &report {
-            let fields = r.get("fields").map(|_| format!(" ({})", crate::client::cell(r, "fields"))).unwrap_or_default();
-            println!("{:<14} {}{}", r["action"].as_str().unwrap_or(""), r["address"].as_str().unwrap_or(""), fields);
+            let fields = r
+                .get("fields")
+                .map(|_| format!(" ({})", crate::client::cell(r, "fields")))
+                .unwrap_or_default();
+            println!(
+                "{:<14} {}{}",
+                r["action"].as_str().unwrap_or(""),
+                r["address"].as_str().unwrap_or(""),
+                fields
+            );
         }
         if report.is_empty() {
             println!("nothing to do");
@@ -168,6 +209,10 @@ fn create_private_file(path: &Path) -> Result<std::fs::File> {
         use std::os::unix::fs::OpenOptionsExt;
         o.mode(0o600);
     }
-    o.open(path)
-        .with_context(|| format!("cannot create {} (it must not exist yet; tokens are written once)", path.display()))
+    o.open(path).with_context(|| {
+        format!(
+            "cannot create {} (it must not exist yet; tokens are written once)",
+            path.display()
+        )
+    })
 }

@@ -11,10 +11,20 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
     /// Server base URL.
-    #[arg(long, env = "AGENTPOST_URL", default_value = "http://127.0.0.1:8025", global = true)]
+    #[arg(
+        long,
+        env = "AGENTPOST_URL",
+        default_value = "http://127.0.0.1:8025",
+        global = true
+    )]
     pub url: String,
-    /// File holding the admin key (else AGENTPOST_ADMIN_KEY).
-    #[arg(long, env = "AGENTPOST_ADMIN_KEY_FILE", global = true, value_name = "FILE")]
+    /// File holding the admin key, or - for standard input (else AGENTPOST_ADMIN_KEY).
+    #[arg(
+        long,
+        env = "AGENTPOST_ADMIN_KEY_FILE",
+        global = true,
+        value_name = "FILE"
+    )]
     pub admin_key_file: Option<PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
@@ -31,6 +41,11 @@ pub struct Client {
 impl Client {
     pub fn new(args: &ClientArgs) -> Result<Self> {
         let key = match &args.admin_key_file {
+            Some(p) if p.as_os_str() == "-" => {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line).context("cannot read the admin key from standard input")?;
+                line.trim().to_string()
+            }
             Some(p) => std::fs::read_to_string(p)
                 .with_context(|| format!("cannot read the admin key file {}", p.display()))?
                 .trim()
@@ -56,28 +71,48 @@ impl Client {
             return Ok(v);
         }
         let detail = v.get("detail").and_then(|d| d.as_str()).unwrap_or("");
-        let field = v.get("field").and_then(|d| d.as_str()).map(|f| format!(" (field: {f})")).unwrap_or_default();
+        let field = v
+            .get("field")
+            .and_then(|d| d.as_str())
+            .map(|f| format!(" (field: {f})"))
+            .unwrap_or_default();
         bail!("server answered {status}: {detail}{field}")
     }
 
-    pub async fn call_raw(&self, method: Method, path: &str, body: Option<Value>) -> Result<(StatusCode, Value)> {
+    pub async fn call_raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(StatusCode, Value)> {
         let url = format!("{}{}", self.base, path);
         let mut req = self.http.request(method, &url).bearer_auth(&self.key);
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach agentpost at {} (is `agentpost serve` running? set AGENTPOST_URL)", self.base))?;
+        let resp = req.send().await.with_context(|| {
+            format!(
+                "cannot reach agentpost at {} (is `agentpost serve` running? set AGENTPOST_URL)",
+                self.base
+            )
+        })?;
         let status = resp.status();
         let bytes = resp.bytes().await?;
-        let v = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
+        let v = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        };
         Ok((status, v))
     }
 
     pub async fn download(&self, path: &str) -> Result<Vec<u8>> {
-        let resp = self.http.get(format!("{}{}", self.base, path)).bearer_auth(&self.key).send().await?;
+        let resp = self
+            .http
+            .get(format!("{}{}", self.base, path))
+            .bearer_auth(&self.key)
+            .send()
+            .await?;
         if !resp.status().is_success() {
             bail!("server answered {}", resp.status());
         }
@@ -122,17 +157,35 @@ pub fn cell(v: &Value, col: &str) -> String {
     match v.pointer(&format!("/{}", col.replace('.', "/"))) {
         None | Some(Value::Null) => "-".into(),
         Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(a)) => a.iter().map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string())).collect::<Vec<_>>().join(" "),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|x| {
+                x.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| x.to_string())
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
         Some(other) => other.to_string(),
     }
 }
 
 pub fn print_table(rows: &[&Value], columns: &[&str]) {
-    let cells: Vec<Vec<String>> = rows.iter().map(|r| columns.iter().map(|c| cell(r, c)).collect()).collect();
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| columns.iter().map(|c| cell(r, c)).collect())
+        .collect();
     let widths: Vec<usize> = columns
         .iter()
         .enumerate()
-        .map(|(i, c)| cells.iter().map(|r| r[i].chars().count()).max().unwrap_or(0).max(c.len()))
+        .map(|(i, c)| {
+            cells
+                .iter()
+                .map(|r| r[i].chars().count())
+                .max()
+                .unwrap_or(0)
+                .max(c.len())
+        })
         .collect();
     let line = |vals: Vec<String>| {
         vals.iter()
@@ -143,7 +196,10 @@ pub fn print_table(rows: &[&Value], columns: &[&str]) {
             .trim_end()
             .to_string()
     };
-    println!("{}", line(columns.iter().map(|c| c.to_uppercase()).collect()));
+    println!(
+        "{}",
+        line(columns.iter().map(|c| c.to_uppercase()).collect())
+    );
     for r in cells {
         println!("{}", line(r));
     }

@@ -1,9 +1,12 @@
 //! `agentpost serve`: opens the store, initialises it on first start, and
-//! runs the HTTP API and the background sweepers until SIGINT/SIGTERM.
+//! runs the HTTP API, the inbound SMTP listener and the background sweepers
+//! until SIGINT/SIGTERM.
 
 use crate::config::Resolved;
+use crate::inbound::Inbound;
 use agentpost_core::clock::SystemClock;
-use agentpost_core::{Bootstrapped, Service};
+use agentpost_core::{Bootstrapped, Ingest, Service};
+use agentpost_smtp::{DnsResolver, SmtpConfig, StaticDns, TlsSource};
 use anyhow::{Context, Result};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,8 +33,12 @@ pub fn provided_admin_key() -> Result<Option<String>> {
     match std::env::var_os("AGENTPOST_ADMIN_KEY_FILE") {
         None => Ok(None),
         Some(path) => {
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("cannot read AGENTPOST_ADMIN_KEY_FILE ({})", path.to_string_lossy()))?;
+            let text = std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "cannot read AGENTPOST_ADMIN_KEY_FILE ({})",
+                    path.to_string_lossy()
+                )
+            })?;
             Ok(Some(text.trim().to_string()))
         }
     }
@@ -60,7 +67,10 @@ pub async fn run(cfg: Resolved) -> Result<()> {
                  Admin key (shown once; store it like a root password):\n\n    {}\n",
                 b.organisation_id, b.domain, k.secret
             ),
-            None => eprintln!("agentpost initialised with the admin key from AGENTPOST_ADMIN_KEY_FILE; domain {}.", b.domain),
+            None => eprintln!(
+                "agentpost initialised with the admin key from AGENTPOST_ADMIN_KEY_FILE; domain {}.",
+                b.domain
+            ),
         }
     }
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -70,24 +80,86 @@ pub async fn run(cfg: Resolved) -> Result<()> {
     let app = agentpost_api::router(svc.clone(), metrics);
     let listener = tokio::net::TcpListener::bind(cfg.http)
         .await
-        .with_context(|| format!("cannot listen on {} (is another agentpost running? choose one with --http)", cfg.http))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (is another agentpost running? choose one with --http)",
+                cfg.http
+            )
+        })?;
     let addr = listener.local_addr()?;
-    tracing::info!(http = %format!("http://{addr}"), store = %cfg.store.describe(), "agentpost listening");
+    let smtp_listener = tokio::net::TcpListener::bind(cfg.smtp)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen for SMTP on {} (port taken? choose one with --smtp)",
+                cfg.smtp
+            )
+        })?;
+    let smtp_addr = smtp_listener.local_addr()?;
+    let smtp_config = smtp_config(&cfg)?;
+    tracing::info!(
+        http = %format!("http://{addr}"),
+        smtp = %smtp_addr,
+        store = %cfg.store.describe(),
+        "agentpost listening"
+    );
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let sweeper = tokio::spawn(sweep(svc.clone(), stop_rx.clone()));
+    let pg_url = match &cfg.store {
+        agentpost_core::StoreLocation::Postgres(url) => Some(url.clone()),
+        agentpost_core::StoreLocation::DataDir(_) => None,
+    };
+    let webhooks = tokio::spawn(svc.clone().run_webhook_worker(pg_url, stop_rx.clone()));
+    let inbound = Arc::new(Inbound::new(Ingest::start(svc.clone())));
+    let mut smtp_stop = stop_rx.clone();
+    let smtp = tokio::spawn(agentpost_smtp::serve(
+        smtp_listener,
+        smtp_config,
+        inbound,
+        async move {
+            let _ = smtp_stop.wait_for(|s| *s).await;
+        },
+    ));
     let mut http_stop = stop_rx.clone();
-    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move {
-            let _ = http_stop.wait_for(|s| *s).await;
-        });
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = http_stop.wait_for(|s| *s).await;
+    });
     let server = tokio::spawn(async move { server.await });
     shutdown_signal().await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
-    server.await.context("http server task")?.context("http server")?;
+    server
+        .await
+        .context("http server task")?
+        .context("http server")?;
+    smtp.await
+        .context("smtp server task")?
+        .context("smtp server")?;
     let _ = sweeper.await;
+    let _ = webhooks.await;
     Ok(())
+}
+
+fn smtp_config(cfg: &Resolved) -> Result<SmtpConfig> {
+    let dns = if cfg.smtp_dns_system {
+        DnsResolver::system()
+            .map_err(|e| anyhow::anyhow!("cannot set up DNS for sender authentication: {e}"))?
+    } else {
+        DnsResolver::fixed(StaticDns::new()).map_err(|e| anyhow::anyhow!("{e}"))?
+    };
+    let mut c = SmtpConfig::new(cfg.core.hostname.clone(), Arc::new(dns));
+    if let Some((cert, key)) = &cfg.tls {
+        c.tls = TlsSource::PemFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        };
+    }
+    Ok(c)
 }
 
 /// Periodic housekeeping; every node runs it, the work is idempotent.
@@ -99,6 +171,17 @@ async fn sweep(svc: Arc<Service>, mut stop: watch::Receiver<bool>) {
         }
         if let Err(e) = svc.sweep_idempotency_keys().await {
             tracing::warn!(error = %e, "idempotency sweep failed");
+        }
+        match svc.sweep_retention().await {
+            Ok(r) if r.expired > 0 || r.blobs_removed > 0 => {
+                tracing::info!(
+                    expired = r.expired,
+                    blobs_removed = r.blobs_removed,
+                    "retention sweep"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
         }
     }
 }

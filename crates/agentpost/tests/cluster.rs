@@ -16,18 +16,34 @@ async fn two_servers_on_one_postgres() {
         (a.join().unwrap(), b.join().unwrap())
     });
     assert_eq!(store.sql("SELECT COUNT(*) FROM organisations"), "1");
-    assert_eq!(store.sql("SELECT COUNT(*) FROM credentials WHERE kind = 'admin'"), "1");
+    assert_eq!(
+        store.sql("SELECT COUNT(*) FROM credentials WHERE kind = 'admin'"),
+        "1"
+    );
     let printed: Vec<String> = [&a, &b]
         .iter()
-        .flat_map(|s| s.log_text().lines().filter(|l| l.trim_start().starts_with("ap_adm_")).map(|l| l.trim().to_string()).collect::<Vec<_>>())
+        .flat_map(|s| {
+            s.log_text()
+                .lines()
+                .filter(|l| l.trim_start().starts_with("ap_adm_"))
+                .map(|l| l.trim().to_string())
+                .collect::<Vec<_>>()
+        })
         .collect();
-    assert_eq!(printed.len(), 1, "exactly one server printed the first admin key");
+    assert_eq!(
+        printed.len(),
+        1,
+        "exactly one server printed the first admin key"
+    );
     let key = printed[0].clone();
 
     // The same address provisioned through both servers at the same instant.
     for round in 0..25 {
         let body = json!({ "local_part": format!("race{round}"), "sponsor": "o@example.com" });
-        let (ra, rb) = tokio::join!(a.post("/v1/agents", &key, body.clone()), b.post("/v1/agents", &key, body));
+        let (ra, rb) = tokio::join!(
+            a.post("/v1/agents", &key, body.clone()),
+            b.post("/v1/agents", &key, body)
+        );
         let mut codes = [ra.0, rb.0];
         codes.sort();
         assert_eq!(codes, [201, 409], "round {round}: {ra:?} {rb:?}");

@@ -24,17 +24,35 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             let status = e.status().as_u16();
             if status == 413 {
-                problem_response(413, "payload-too-large", "request body is larger than the limit (1 MiB)".into(), None, None)
+                problem_response(
+                    413,
+                    "payload-too-large",
+                    "request body is larger than the limit (1 MiB)".into(),
+                    None,
+                    None,
+                )
             } else {
-                problem_response(400, "bad-request", format!("could not read the request body: {e}"), None, None)
+                problem_response(
+                    400,
+                    "bad-request",
+                    format!("could not read the request body: {e}"),
+                    None,
+                    None,
+                )
             }
         })?;
         if bytes.is_empty() {
             // An empty body means "no fields", which lets optional-field
             // requests (suspend, rotate) omit it.
-            return serde_json::from_slice(b"{}")
-                .map(ApiJson)
-                .map_err(|e| problem_response(422, "validation", format!("request body is required: {e}"), None, None));
+            return serde_json::from_slice(b"{}").map(ApiJson).map_err(|e| {
+                problem_response(
+                    422,
+                    "validation",
+                    format!("request body is required: {e}"),
+                    None,
+                    None,
+                )
+            });
         }
         if !is_json {
             return Err(problem_response(
@@ -46,14 +64,34 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             ));
         }
         let de = &mut serde_json::Deserializer::from_slice(&bytes);
-        serde_path_to_error::deserialize(de).map(ApiJson).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let field = if path == "." { unknown_field(&inner.to_string()) } else { Some(path) };
-            let status = if inner.is_syntax() || inner.is_eof() { 400 } else { 422 };
-            let code = if status == 400 { "bad-request" } else { "validation" };
-            problem_response(status, code, format!("invalid JSON body: {inner}"), field, None)
-        })
+        serde_path_to_error::deserialize(de)
+            .map(ApiJson)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                let field = if path == "." {
+                    unknown_field(&inner.to_string())
+                } else {
+                    Some(path)
+                };
+                let status = if inner.is_syntax() || inner.is_eof() {
+                    400
+                } else {
+                    422
+                };
+                let code = if status == 400 {
+                    "bad-request"
+                } else {
+                    "validation"
+                };
+                problem_response(
+                    status,
+                    code,
+                    format!("invalid JSON body: {inner}"),
+                    field,
+                    None,
+                )
+            })
     }
 }
 
@@ -72,16 +110,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let q = parts.uri.query().unwrap_or("");
         let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(q.as_bytes()));
-        serde_path_to_error::deserialize(de).map(ApiQuery).map_err(|e| {
-            let path = e.path().to_string();
-            problem_response(
-                400,
-                "bad-request",
-                format!("invalid query parameter: {}", e.into_inner()),
-                (path != ".").then_some(path),
-                None,
-            )
-        })
+        serde_path_to_error::deserialize(de)
+            .map(ApiQuery)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                problem_response(
+                    400,
+                    "bad-request",
+                    format!("invalid query parameter: {}", e.into_inner()),
+                    (path != ".").then_some(path),
+                    None,
+                )
+            })
     }
 }
 
@@ -97,6 +137,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
             .get::<Ctx>()
             .cloned()
             .map(Caller)
-            .ok_or_else(|| ApiError(Error::Unauthenticated("credential required".into())).into_response())
+            .ok_or_else(|| {
+                ApiError(Error::Unauthenticated("credential required".into())).into_response()
+            })
     }
 }

@@ -11,7 +11,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
-use routes::{admin, agents, nylas, system};
+use routes::{admin, agents, events, messages, nylas, system, webhooks};
 use std::sync::Arc;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -66,6 +66,16 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(agents::revoke_token))
         .routes(routes!(agents::rotate_token))
         .routes(routes!(agents::agent_audit))
+        .routes(routes!(messages::list_messages))
+        .routes(routes!(
+            messages::get_message,
+            messages::update_message,
+            messages::delete_message
+        ))
+        .routes(routes!(messages::download_attachment))
+        .routes(routes!(messages::list_threads))
+        .routes(routes!(messages::get_thread))
+        .routes(routes!(messages::folders))
         .routes(routes!(admin::create_admin_key, admin::list_admin_keys))
         .routes(routes!(admin::revoke_admin_key))
         .routes(routes!(admin::rotate_admin_key))
@@ -75,6 +85,17 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::domain_dns))
         .routes(routes!(admin::list_audit))
         .routes(routes!(admin::verify_audit))
+        .routes(routes!(webhooks::create_webhook, webhooks::list_webhooks))
+        .routes(routes!(
+            webhooks::get_webhook,
+            webhooks::update_webhook,
+            webhooks::delete_webhook
+        ))
+        .routes(routes!(webhooks::rotate_webhook_secret))
+        .routes(routes!(webhooks::list_deliveries))
+        .routes(routes!(webhooks::test_webhook))
+        .routes(routes!(webhooks::replay_webhook))
+        .routes(routes!(events::list_events))
         .routes(routes!(nylas::connect_custom))
         .routes(routes!(nylas::get_grant, nylas::delete_grant))
 }
@@ -94,8 +115,14 @@ pub fn router(svc: Arc<Service>, metrics: Option<PrometheusHandle>) -> Router {
     };
     // Layers run outside-in: request id, then auth, then idempotency.
     let api = api
-        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::idempotency))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::authenticate));
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::idempotency,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::authenticate,
+        ));
     Router::new()
         .route("/healthz", get(system::healthz))
         .route("/readyz", get(system::readyz))
@@ -104,10 +131,22 @@ pub fn router(svc: Arc<Service>, metrics: Option<PrometheusHandle>) -> Router {
         .route("/docs", get(system::docs))
         .merge(api)
         .fallback(|| async {
-            problem::problem_response(404, "not-found", "no such route; see /docs".into(), None, None)
+            problem::problem_response(
+                404,
+                "not-found",
+                "no such route; see /docs".into(),
+                None,
+                None,
+            )
         })
         .method_not_allowed_fallback(|| async {
-            problem::problem_response(405, "method-not-allowed", "this route does not take that method; see /docs".into(), None, None)
+            problem::problem_response(
+                405,
+                "method-not-allowed",
+                "this route does not take that method; see /docs".into(),
+                None,
+                None,
+            )
         })
         .route_layer(axum::middleware::from_fn(middleware::metrics))
         .layer(DefaultBodyLimit::max(middleware::BODY_LIMIT))

@@ -26,7 +26,12 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
         .headers()
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
-        .filter(|s| !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)))
+        .filter(|s| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
         .map(str::to_string)
         .unwrap_or_else(|| format!("req_{}", uuid::Uuid::now_v7().simple()));
     req.extensions_mut().insert(RequestId(id.clone()));
@@ -55,7 +60,9 @@ pub async fn metrics(req: Request, next: Next) -> Response {
 }
 
 fn source_of(req: &Request) -> Option<String> {
-    req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string())
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
 }
 
 /// Who: resolves the bearer credential through the gate and stores the
@@ -67,10 +74,17 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
-    match state.svc.authenticate(&presented, request_id.clone(), source.clone()).await {
+    match state
+        .svc
+        .authenticate(&presented, request_id.clone(), source.clone())
+        .await
+    {
         Ok(principal) => {
             req.extensions_mut().insert(Ctx {
                 principal,
@@ -89,23 +103,46 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
     if req.method() != Method::POST {
         return next.run(req).await;
     }
-    let Some(key) = req.headers().get("idempotency-key").map(|v| v.to_str().map(str::to_string)) else {
+    let Some(key) = req
+        .headers()
+        .get("idempotency-key")
+        .map(|v| v.to_str().map(str::to_string))
+    else {
         return next.run(req).await;
     };
     let Ok(key) = key else {
-        return problem_response(422, "validation", "Idempotency-Key must be visible ASCII".into(), Some("Idempotency-Key".into()), None);
+        return problem_response(
+            422,
+            "validation",
+            "Idempotency-Key must be visible ASCII".into(),
+            Some("Idempotency-Key".into()),
+            None,
+        );
     };
     let Some(ctx) = req.extensions().get::<Ctx>().cloned() else {
         return next.run(req).await;
     };
     let (parts, body) = req.into_parts();
     let Ok(bytes) = to_bytes(body, BODY_LIMIT).await else {
-        return problem_response(413, "payload-too-large", "request body is larger than the limit (1 MiB)".into(), None, None);
+        return problem_response(
+            413,
+            "payload-too-large",
+            "request body is larger than the limit (1 MiB)".into(),
+            None,
+            None,
+        );
     };
     let mut h = Sha256::new();
     h.update(parts.method.as_str().as_bytes());
     h.update(b" ");
-    h.update(parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("").as_bytes());
+    h.update(
+        parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("")
+            .as_bytes(),
+    );
     h.update(b"\n");
     h.update(&bytes);
     let fingerprint = hex::encode(h.finalize());
@@ -113,24 +150,45 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
         Err(e) => ApiError(e).into_response(),
         Ok(IdempotencyStart::Replay { status, body }) => {
             let mut resp = Response::new(Body::from(body));
-            *resp.status_mut() = axum::http::StatusCode::from_u16(status).unwrap_or(axum::http::StatusCode::OK);
-            let ct = if status >= 400 { "application/problem+json" } else { "application/json" };
-            resp.headers_mut().insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static(ct));
-            resp.headers_mut().insert("idempotency-replayed", HeaderValue::from_static("true"));
+            *resp.status_mut() =
+                axum::http::StatusCode::from_u16(status).unwrap_or(axum::http::StatusCode::OK);
+            let ct = if status >= 400 {
+                "application/problem+json"
+            } else {
+                "application/json"
+            };
+            resp.headers_mut().insert(
+                axum::http::header::CONTENT_TYPE,
+                HeaderValue::from_static(ct),
+            );
+            resp.headers_mut()
+                .insert("idempotency-replayed", HeaderValue::from_static("true"));
             resp
         }
         Ok(IdempotencyStart::Proceed) => {
-            let resp = next.run(Request::from_parts(parts, Body::from(bytes))).await;
+            let resp = next
+                .run(Request::from_parts(parts, Body::from(bytes)))
+                .await;
             let (parts, body) = resp.into_parts();
             let bytes = match to_bytes(body, 16 * BODY_LIMIT).await {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(error = %e, "could not buffer a response for idempotent replay");
                     let _ = state.svc.idempotency_finish(&ctx, &key, 500, b"").await;
-                    return problem_response(500, "internal", "the server could not complete the request".into(), None, None);
+                    return problem_response(
+                        500,
+                        "internal",
+                        "the server could not complete the request".into(),
+                        None,
+                        None,
+                    );
                 }
             };
-            if let Err(e) = state.svc.idempotency_finish(&ctx, &key, parts.status.as_u16(), &bytes).await {
+            if let Err(e) = state
+                .svc
+                .idempotency_finish(&ctx, &key, parts.status.as_u16(), &bytes)
+                .await
+            {
                 tracing::error!(error = %e, "could not store an idempotent response");
             }
             Response::from_parts(parts, Body::from(bytes))

@@ -48,7 +48,13 @@ fn title(status: u16) -> &'static str {
     }
 }
 
-pub fn problem_response(status: u16, code: &str, detail: String, field: Option<String>, retry_after: Option<u64>) -> Response {
+pub fn problem_response(
+    status: u16,
+    code: &str,
+    detail: String,
+    field: Option<String>,
+    retry_after: Option<u64>,
+) -> Response {
     let p = Problem {
         kind: format!("urn:agentpost:problem:{code}"),
         title: title(status).into(),
@@ -69,8 +75,10 @@ pub fn problem_response(status: u16, code: &str, detail: String, field: Option<S
         resp.headers_mut().insert(header::RETRY_AFTER, v);
     }
     if status == 401 {
-        resp.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"agentpost\""));
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"agentpost\""),
+        );
     }
     resp
 }
@@ -82,7 +90,9 @@ impl IntoResponse for ApiError {
         let (field, retry) = match &e {
             Error::Invalid { field, .. } => (Some(field.clone()), None),
             Error::Conflict { field, .. } => (field.clone(), None),
-            Error::RateLimited { retry_after_secs, .. } => (None, Some(*retry_after_secs)),
+            Error::RateLimited {
+                retry_after_secs, ..
+            } => (None, Some(*retry_after_secs)),
             _ => (None, None),
         };
         let detail = match &e {

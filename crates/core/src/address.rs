@@ -6,7 +6,14 @@ use crate::error::{Error, Result};
 /// Local parts an agent may never hold: role mailboxes a human must read
 /// (RFC 2142) and the ones mail systems assume.
 pub const RESERVED_LOCAL_PARTS: &[&str] = &[
-    "postmaster", "abuse", "hostmaster", "webmaster", "mailer-daemon", "noc", "security", "root",
+    "postmaster",
+    "abuse",
+    "hostmaster",
+    "webmaster",
+    "mailer-daemon",
+    "noc",
+    "security",
+    "root",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,10 +72,16 @@ fn validate_local_part(local: &str, field: &str) -> Result<()> {
         return Err(Error::invalid(field, "local part is empty"));
     }
     if local.len() > 64 {
-        return Err(Error::invalid(field, "local part is longer than 64 octets (RFC 5321 4.5.3.1.1)"));
+        return Err(Error::invalid(
+            field,
+            "local part is longer than 64 octets (RFC 5321 4.5.3.1.1)",
+        ));
     }
     if local.starts_with('"') {
-        return Err(Error::invalid(field, "quoted local parts are not supported; use letters, digits and . _ - +"));
+        return Err(Error::invalid(
+            field,
+            "quoted local parts are not supported; use letters, digits and . _ - +",
+        ));
     }
     const ATEXT_SPECIALS: &str = "!#$%&'*+-/=?^_`{|}~";
     for atom in local.split('.') {
@@ -82,7 +95,10 @@ fn validate_local_part(local: &str, field: &str) -> Result<()> {
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || ATEXT_SPECIALS.contains(*c)))
         {
-            return Err(Error::invalid(field, format!("local part may not contain {c:?}")));
+            return Err(Error::invalid(
+                field,
+                format!("local part may not contain {c:?}"),
+            ));
         }
     }
     Ok(())
@@ -99,7 +115,9 @@ pub fn normalise_domain(domain: &str) -> std::result::Result<String, String> {
             && label.len() <= 63
             && !label.starts_with('-')
             && !label.ends_with('-')
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
         if !ok {
             return Err(format!("'{domain}' is not a valid domain name"));
         }
@@ -123,7 +141,17 @@ mod tests {
 
     #[test]
     fn refuses_with_the_field_named() {
-        for bad in ["nobody", "a..b@x.com", ".a@x.com", "a b@x.com", "\"q\"@x.com", "postmaster@x.com", "Abuse@x.com", "a@-x.com", "a@localhost"] {
+        for bad in [
+            "nobody",
+            "a..b@x.com",
+            ".a@x.com",
+            "a b@x.com",
+            "\"q\"@x.com",
+            "postmaster@x.com",
+            "Abuse@x.com",
+            "a@-x.com",
+            "a@localhost",
+        ] {
             match AgentAddress::parse(bad, "address") {
                 Err(Error::Invalid { field, .. }) => assert_eq!(field, "address", "{bad}"),
                 other => panic!("{bad}: {other:?}"),

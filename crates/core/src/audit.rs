@@ -238,7 +238,10 @@ pub(crate) async fn verify(pool: &sqlx::AnyPool) -> Result<VerifyReport> {
             problem = Some(VerifyProblem {
                 entry_id: e.id,
                 kind: "edited",
-                message: format!("entry {} does not match its hash: its content was changed", e.id),
+                message: format!(
+                    "entry {} does not match its hash: its content was changed",
+                    e.id
+                ),
             });
             break;
         }

@@ -51,6 +51,10 @@ pub(crate) fn generate(selector_stem: &str) -> Result<Vec<GeneratedKey>> {
 
 /// The TXT value for a selector.
 pub fn dkim_txt(algorithm: &str, public_key_b64: &str) -> String {
-    let k = if algorithm == "ed25519" { "ed25519" } else { "rsa" };
+    let k = if algorithm == "ed25519" {
+        "ed25519"
+    } else {
+        "rsa"
+    };
     format!("v=DKIM1; k={k}; p={public_key_b64}")
 }

@@ -30,7 +30,10 @@ pub enum Error {
     },
     /// A limit was hit; retry after the given seconds (429).
     #[error("{message}")]
-    RateLimited { message: String, retry_after_secs: u64 },
+    RateLimited {
+        message: String,
+        retry_after_secs: u64,
+    },
     /// Our fault. The message is logged, never shown with internals.
     #[error("internal error: {0}")]
     Internal(String),

@@ -18,7 +18,13 @@ pub struct Event {
     pub data: Value,
 }
 
-pub(crate) async fn emit(tx: &mut Tx, at: i64, kind: &str, agent_id: Option<&str>, data: &Value) -> Result<i64> {
+pub(crate) async fn emit(
+    tx: &mut Tx,
+    at: i64,
+    kind: &str,
+    agent_id: Option<&str>,
+    data: &Value,
+) -> Result<i64> {
     let row = sqlx::query("UPDATE audit_head SET last_event_id = last_event_id + 1 WHERE id = 1 RETURNING last_event_id")
         .fetch_one(&mut **tx)
         .await?;
@@ -31,5 +37,7 @@ pub(crate) async fn emit(tx: &mut Tx, at: i64, kind: &str, agent_id: Option<&str
         .bind(data.to_string())
         .execute(&mut **tx)
         .await?;
+    // Webhooks: one delivery per matching endpoint, committed with the event.
+    crate::service::webhooks::fan_out(tx, id, kind, agent_id, at).await?;
     Ok(id)
 }

@@ -16,7 +16,9 @@ const RANDOM_LEN: usize = 43;
 /// 62^6 > 2^32, so six characters hold any CRC32.
 const CHECKSUM_LEN: usize = 6;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum CredentialKind {
     Admin,
@@ -56,7 +58,8 @@ pub struct Secret(String);
 impl Secret {
     pub fn generate(kind: CredentialKind) -> Self {
         let mut rng = rand::rng();
-        let dist = Uniform::new(0, ALPHABET.len()).unwrap_or_else(|_| unreachable!("non-empty range"));
+        let dist =
+            Uniform::new(0, ALPHABET.len()).unwrap_or_else(|_| unreachable!("non-empty range"));
         let mut s = String::with_capacity(7 + RANDOM_LEN + CHECKSUM_LEN);
         s.push_str(kind.prefix());
         for _ in 0..RANDOM_LEN {
@@ -107,10 +110,14 @@ pub enum FormatError {
 
 /// Checks prefix, length, alphabet and checksum; no database involved.
 pub fn parse(presented: &str) -> Result<CredentialKind, FormatError> {
-    let kind = [CredentialKind::Admin, CredentialKind::Agent, CredentialKind::Approver]
-        .into_iter()
-        .find(|k| presented.starts_with(k.prefix()))
-        .ok_or(FormatError::Prefix)?;
+    let kind = [
+        CredentialKind::Admin,
+        CredentialKind::Agent,
+        CredentialKind::Approver,
+    ]
+    .into_iter()
+    .find(|k| presented.starts_with(k.prefix()))
+    .ok_or(FormatError::Prefix)?;
     let body = &presented[kind.prefix().len()..];
     if body.len() != RANDOM_LEN + CHECKSUM_LEN {
         return Err(FormatError::Length);
@@ -153,7 +160,11 @@ mod tests {
 
     #[test]
     fn generated_secrets_parse_and_carry_256_bits() {
-        for kind in [CredentialKind::Admin, CredentialKind::Agent, CredentialKind::Approver] {
+        for kind in [
+            CredentialKind::Admin,
+            CredentialKind::Agent,
+            CredentialKind::Approver,
+        ] {
             let s = Secret::generate(kind);
             assert_eq!(parse(s.expose()), Ok(kind));
             assert_eq!(s.expose().len(), 7 + 43 + 6);

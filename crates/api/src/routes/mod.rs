@@ -2,5 +2,8 @@
 
 pub mod admin;
 pub mod agents;
+pub mod events;
+pub mod messages;
 pub mod nylas;
 pub mod system;
+pub mod webhooks;

@@ -26,7 +26,11 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
 }
 
 pub async fn openapi_json(State(s): State<AppState>) -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], s.openapi_json.as_ref().clone()).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        s.openapi_json.as_ref().clone(),
+    )
+        .into_response()
 }
 
 pub async fn docs(State(s): State<AppState>) -> Html<String> {
@@ -34,7 +38,10 @@ pub async fn docs(State(s): State<AppState>) -> Html<String> {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// Renders the reference page once at start-up. Hand-written on purpose:
@@ -56,9 +63,15 @@ pub fn render_docs(doc: &utoipa::openapi::OpenApi) -> String {
     let mut by_tag: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     if let Some(paths) = json.get("paths").and_then(|p| p.as_object()) {
         for (path, item) in paths {
-            let Some(item) = item.as_object() else { continue };
+            let Some(item) = item.as_object() else {
+                continue;
+            };
             for (method, op) in item {
-                let tag = op.pointer("/tags/0").and_then(|t| t.as_str()).unwrap_or("other").to_string();
+                let tag = op
+                    .pointer("/tags/0")
+                    .and_then(|t| t.as_str())
+                    .unwrap_or("other")
+                    .to_string();
                 let summary = op.get("summary").and_then(|s| s.as_str()).unwrap_or("");
                 let description = op.get("description").and_then(|s| s.as_str()).unwrap_or("");
                 let mut html = format!(
@@ -82,8 +95,14 @@ pub fn render_docs(doc: &utoipa::openapi::OpenApi) -> String {
                     }
                     html.push_str("</table>");
                 }
-                if let Some(r) = op.pointer("/requestBody/content/application~1json/schema/$ref").and_then(|v| v.as_str()) {
-                    html.push_str(&format!("<div>body: <code>{}</code></div>", esc(r.rsplit('/').next().unwrap_or(r))));
+                if let Some(r) = op
+                    .pointer("/requestBody/content/application~1json/schema/$ref")
+                    .and_then(|v| v.as_str())
+                {
+                    html.push_str(&format!(
+                        "<div>body: <code>{}</code></div>",
+                        esc(r.rsplit('/').next().unwrap_or(r))
+                    ));
                 }
                 if let Some(resps) = op.get("responses").and_then(|r| r.as_object()) {
                     let codes: Vec<String> = resps.keys().map(|k| esc(k)).collect();
@@ -100,7 +119,10 @@ pub fn render_docs(doc: &utoipa::openapi::OpenApi) -> String {
             out.push_str(&op);
         }
     }
-    if let Some(schemas) = json.pointer("/components/schemas").and_then(|s| s.as_object()) {
+    if let Some(schemas) = json
+        .pointer("/components/schemas")
+        .and_then(|s| s.as_object())
+    {
         out.push_str("<h2>schemas</h2>");
         for (name, schema) in schemas {
             out.push_str(&format!(

@@ -95,8 +95,7 @@ pub struct Decommissioned {
     pub tombstoned_until: String,
 }
 
-const AGENT_COLUMNS: &str =
-    "id, address, display_name, sponsor, description, policy_id, status, created_at, updated_at, decommissioned_at";
+const AGENT_COLUMNS: &str = "id, address, display_name, sponsor, description, policy_id, status, created_at, updated_at, decommissioned_at";
 
 fn agent_from_row(row: &sqlx::any::AnyRow) -> Result<Agent> {
     let status: String = row.try_get("status")?;
@@ -120,18 +119,30 @@ fn agent_from_row(row: &sqlx::any::AnyRow) -> Result<Agent> {
 /// Sponsors are humans reachable by mail: approver tokens are matched to
 /// them by address.
 fn parse_sponsor(value: Option<String>) -> Result<String> {
-    let s = clean_text("sponsor", value, 254)?
-        .ok_or_else(|| Error::invalid("sponsor", "is required: the email of the human accountable for this agent"))?;
+    let s = clean_text("sponsor", value, 254)?.ok_or_else(|| {
+        Error::invalid(
+            "sponsor",
+            "is required: the email of the human accountable for this agent",
+        )
+    })?;
     match s.rsplit_once('@') {
-        Some((l, d)) if !l.is_empty() && d.contains('.') && !s.contains(char::is_whitespace) => Ok(s),
-        _ => Err(Error::invalid("sponsor", "must be the email address of a human")),
+        Some((l, d)) if !l.is_empty() && d.contains('.') && !s.contains(char::is_whitespace) => {
+            Ok(s)
+        }
+        _ => Err(Error::invalid(
+            "sponsor",
+            "must be the email address of a human",
+        )),
     }
 }
 
 impl Service {
     pub(crate) async fn load_agent(&self, id: &AgentId) -> Result<Option<Agent>> {
         let q = format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = $1");
-        let row = sqlx::query(AssertSqlSafe(q)).bind(id.as_str()).fetch_optional(&self.db.pool).await?;
+        let row = sqlx::query(AssertSqlSafe(q))
+            .bind(id.as_str())
+            .fetch_optional(&self.db.pool)
+            .await?;
         row.as_ref().map(agent_from_row).transpose()
     }
 
@@ -147,7 +158,10 @@ impl Service {
         }
         let agent = self.load_agent(&id).await?.ok_or_else(not_found)?;
         if p.kind == PrincipalKind::Approver
-            && !p.subject.as_deref().is_some_and(|s| s.eq_ignore_ascii_case(&agent.sponsor))
+            && !p
+                .subject
+                .as_deref()
+                .is_some_and(|s| s.eq_ignore_ascii_case(&agent.sponsor))
         {
             return Err(not_found());
         }
@@ -158,15 +172,35 @@ impl Service {
         self.visible_agent(ctx, id).await
     }
 
-    pub async fn create_agent(&self, ctx: &Ctx, new: NewAgent) -> Result<(Agent, IssuedCredential)> {
+    pub async fn create_agent(
+        &self,
+        ctx: &Ctx,
+        new: NewAgent,
+    ) -> Result<(Agent, IssuedCredential)> {
         self.require_admin(ctx, "agent.create", None).await?;
         let address = match (&new.address, &new.local_part) {
             (Some(a), None) => AgentAddress::parse(a, "address")?,
-            (None, Some(l)) => AgentAddress::from_parts(l, &self.default_domain().await?, "local_part")?,
-            (Some(_), Some(_)) => return Err(Error::invalid("address", "give either address or local_part, not both")),
-            (None, None) => return Err(Error::invalid("address", "is required (or local_part on the default domain)")),
+            (None, Some(l)) => {
+                AgentAddress::from_parts(l, &self.default_domain().await?, "local_part")?
+            }
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid(
+                    "address",
+                    "give either address or local_part, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(Error::invalid(
+                    "address",
+                    "is required (or local_part on the default domain)",
+                ));
+            }
         };
-        let address_field = if new.address.is_some() { "address" } else { "local_part" };
+        let address_field = if new.address.is_some() {
+            "address"
+        } else {
+            "local_part"
+        };
         let sponsor = parse_sponsor(new.sponsor)?;
         let display_name = clean_text("display_name", new.display_name, 200)?;
         let description = clean_text("description", new.description, 2000)?;
@@ -180,16 +214,20 @@ impl Service {
         let Some((domain_id,)) = domain else {
             return Err(Error::invalid(
                 address_field,
-                format!("domain '{}' is not one of this organisation's domains; add it with POST /v1/domains", address.domain()),
+                format!(
+                    "domain '{}' is not one of this organisation's domains; add it with POST /v1/domains",
+                    address.domain()
+                ),
             ));
         };
         let policy_id = self.check_policy(new.policy_id.as_deref()).await?;
 
         let mut tx = self.db.begin_write().await?;
-        let tomb: Option<(i64,)> = sqlx::query_as("SELECT until_at FROM tombstones WHERE address_key = $1")
-            .bind(address.key())
-            .fetch_optional(&mut *tx)
-            .await?;
+        let tomb: Option<(i64,)> =
+            sqlx::query_as("SELECT until_at FROM tombstones WHERE address_key = $1")
+                .bind(address.key())
+                .fetch_optional(&mut *tx)
+                .await?;
         if let Some((until,)) = tomb {
             if until > now {
                 return Err(Error::conflict_on(
@@ -226,7 +264,11 @@ impl Service {
         .await;
         if let Err(e) = inserted {
             return Err(if is_unique_violation(&e) {
-                Error::conflict_on("address-taken", address_field, format!("{address} is already an agent's address"))
+                Error::conflict_on(
+                    "address-taken",
+                    address_field,
+                    format!("{address} is already an agent's address"),
+                )
             } else {
                 e.into()
             });
@@ -253,7 +295,8 @@ impl Service {
             json!({ "address": address.to_string(), "sponsor": sponsor, "token": issued.credential.id }),
         );
         let event = json!({ "agent_id": id, "address": address.to_string(), "sponsor": sponsor });
-        self.record(&mut tx, &entry, Some(("agent.created", event))).await?;
+        self.record(&mut tx, &entry, Some(("agent.created", event)))
+            .await?;
         let token_entry = self.entry(
             ctx,
             "token.create",
@@ -263,23 +306,41 @@ impl Service {
             "success",
             json!({ "scopes": scopes, "credential": issued.credential.hint }),
         );
-        self.record(&mut tx, &token_entry, Some(("token.created", json!({ "credential_id": issued.credential.id, "agent_id": id }))))
-            .await?;
+        self.record(
+            &mut tx,
+            &token_entry,
+            Some((
+                "token.created",
+                json!({ "credential_id": issued.credential.id, "agent_id": id }),
+            )),
+        )
+        .await?;
         tx.commit().await?;
-        let agent = self.load_agent(&id).await?.ok_or_else(|| Error::Internal("agent vanished".into()))?;
+        let agent = self
+            .load_agent(&id)
+            .await?
+            .ok_or_else(|| Error::Internal("agent vanished".into()))?;
         Ok((agent, issued))
     }
 
     /// The organisation's default domain, chosen at first start.
     async fn default_domain(&self) -> Result<String> {
-        let row: Option<(String,)> = sqlx::query_as("SELECT name FROM domains WHERE is_default = 1 LIMIT 1")
-            .fetch_optional(&self.db.pool)
-            .await?;
-        row.map(|r| r.0).ok_or_else(|| Error::invalid("local_part", "there is no default domain; give a full address"))
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT name FROM domains WHERE is_default = 1 LIMIT 1")
+                .fetch_optional(&self.db.pool)
+                .await?;
+        row.map(|r| r.0).ok_or_else(|| {
+            Error::invalid(
+                "local_part",
+                "there is no default domain; give a full address",
+            )
+        })
     }
 
     pub(crate) async fn check_policy(&self, policy_id: Option<&str>) -> Result<Option<String>> {
-        let Some(pid) = policy_id.filter(|p| !p.is_empty()) else { return Ok(None) };
+        let Some(pid) = policy_id.filter(|p| !p.is_empty()) else {
+            return Ok(None);
+        };
         let exists: Option<(String,)> = sqlx::query_as("SELECT id FROM policies WHERE id = $1")
             .bind(pid)
             .fetch_optional(&self.db.pool)
@@ -289,13 +350,21 @@ impl Service {
             .ok_or_else(|| Error::invalid("policy_id", format!("no policy with id '{pid}'")))
     }
 
-    pub async fn list_agents(&self, ctx: &Ctx, status: Option<&str>, cursor: Option<&str>, limit: Option<u32>) -> Result<Page<Agent>> {
+    pub async fn list_agents(
+        &self,
+        ctx: &Ctx,
+        status: Option<&str>,
+        cursor: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Page<Agent>> {
         let limit = page_limit(limit)?;
         let status = match status {
-            Some(s) => Some(
-                AgentStatus::parse(s)
-                    .ok_or_else(|| Error::invalid("status", "must be active, suspended, decommissioning or decommissioned"))?,
-            ),
+            Some(s) => Some(AgentStatus::parse(s).ok_or_else(|| {
+                Error::invalid(
+                    "status",
+                    "must be active, suspended, decommissioning or decommissioned",
+                )
+            })?),
             None => None,
         };
         let p = &ctx.principal;
@@ -322,15 +391,23 @@ impl Service {
             q = q.bind(b.clone());
         }
         let rows = q.fetch_all(&self.db.pool).await?;
-        let agents = rows.iter().map(agent_from_row).collect::<Result<Vec<_>>>()?;
+        let agents = rows
+            .iter()
+            .map(agent_from_row)
+            .collect::<Result<Vec<_>>>()?;
         Ok(paginate(agents, limit, |a| a.id.0.clone()))
     }
 
     pub async fn update_agent(&self, ctx: &Ctx, id: &str, patch: AgentPatch) -> Result<Agent> {
         let agent = self.visible_agent(ctx, id).await?;
         self.require_admin(ctx, "agent.update", Some(id)).await?;
-        if agent.status == AgentStatus::Decommissioned || agent.status == AgentStatus::Decommissioning {
-            return Err(Error::conflict("agent-decommissioned", "a decommissioned agent cannot be changed"));
+        if agent.status == AgentStatus::Decommissioned
+            || agent.status == AgentStatus::Decommissioning
+        {
+            return Err(Error::conflict(
+                "agent-decommissioned",
+                "a decommissioned agent cannot be changed",
+            ));
         }
         let mut changes = serde_json::Map::new();
         let display_name = match patch.display_name {
@@ -381,18 +458,52 @@ impl Service {
         .execute(&mut *tx)
         .await?;
         let changes = serde_json::Value::Object(changes);
-        let entry = self.entry(ctx, "agent.update", Some("agent"), Some(agent.id.0.clone()), Some(agent.id.0.clone()), "success", json!({ "changes": changes }));
-        self.record(&mut tx, &entry, Some(("agent.updated", json!({ "agent_id": agent.id, "changes": changes })))).await?;
+        let entry = self.entry(
+            ctx,
+            "agent.update",
+            Some("agent"),
+            Some(agent.id.0.clone()),
+            Some(agent.id.0.clone()),
+            "success",
+            json!({ "changes": changes }),
+        );
+        self.record(
+            &mut tx,
+            &entry,
+            Some((
+                "agent.updated",
+                json!({ "agent_id": agent.id, "changes": changes }),
+            )),
+        )
+        .await?;
         tx.commit().await?;
-        self.load_agent(&agent.id).await?.ok_or_else(|| Error::not_found("agent"))
+        self.load_agent(&agent.id)
+            .await?
+            .ok_or_else(|| Error::not_found("agent"))
     }
 
     pub async fn suspend_agent(&self, ctx: &Ctx, id: &str) -> Result<Agent> {
-        self.set_status(ctx, id, AgentStatus::Active, AgentStatus::Suspended, "agent.suspend", "agent.suspended").await
+        self.set_status(
+            ctx,
+            id,
+            AgentStatus::Active,
+            AgentStatus::Suspended,
+            "agent.suspend",
+            "agent.suspended",
+        )
+        .await
     }
 
     pub async fn resume_agent(&self, ctx: &Ctx, id: &str) -> Result<Agent> {
-        self.set_status(ctx, id, AgentStatus::Suspended, AgentStatus::Active, "agent.resume", "agent.resumed").await
+        self.set_status(
+            ctx,
+            id,
+            AgentStatus::Suspended,
+            AgentStatus::Active,
+            "agent.resume",
+            "agent.resumed",
+        )
+        .await
     }
 
     async fn set_status(
@@ -410,23 +521,45 @@ impl Service {
             return Ok(agent);
         }
         let mut tx = self.db.begin_write().await?;
-        let done = sqlx::query("UPDATE agents SET status = $1, updated_at = $2 WHERE id = $3 AND status = $4")
-            .bind(to.as_str())
-            .bind(self.now())
-            .bind(agent.id.as_str())
-            .bind(from.as_str())
-            .execute(&mut *tx)
-            .await?;
+        let done = sqlx::query(
+            "UPDATE agents SET status = $1, updated_at = $2 WHERE id = $3 AND status = $4",
+        )
+        .bind(to.as_str())
+        .bind(self.now())
+        .bind(agent.id.as_str())
+        .bind(from.as_str())
+        .execute(&mut *tx)
+        .await?;
         if done.rows_affected() == 0 {
             return Err(Error::conflict(
                 "invalid-status",
-                format!("agent is {}; only a {} agent can be {}", agent.status.as_str(), from.as_str(), to.as_str()),
+                format!(
+                    "agent is {}; only a {} agent can be {}",
+                    agent.status.as_str(),
+                    from.as_str(),
+                    to.as_str()
+                ),
             ));
         }
-        let entry = self.entry(ctx, action, Some("agent"), Some(agent.id.0.clone()), Some(agent.id.0.clone()), "success", json!({ "from": agent.status, "to": to }));
-        self.record(&mut tx, &entry, Some((event, json!({ "agent_id": agent.id, "status": to })))).await?;
+        let entry = self.entry(
+            ctx,
+            action,
+            Some("agent"),
+            Some(agent.id.0.clone()),
+            Some(agent.id.0.clone()),
+            "success",
+            json!({ "from": agent.status, "to": to }),
+        );
+        self.record(
+            &mut tx,
+            &entry,
+            Some((event, json!({ "agent_id": agent.id, "status": to }))),
+        )
+        .await?;
         tx.commit().await?;
-        self.load_agent(&agent.id).await?.ok_or_else(|| Error::not_found("agent"))
+        self.load_agent(&agent.id)
+            .await?
+            .ok_or_else(|| Error::not_found("agent"))
     }
 
     /// Revokes every credential, writes the export, purges the data and
@@ -435,9 +568,13 @@ impl Service {
     /// export cannot miss anything; calling again after a crash resumes.
     pub async fn decommission_agent(&self, ctx: &Ctx, id: &str) -> Result<Decommissioned> {
         let agent = self.visible_agent(ctx, id).await?;
-        self.require_admin(ctx, "agent.decommission", Some(id)).await?;
+        self.require_admin(ctx, "agent.decommission", Some(id))
+            .await?;
         if agent.status == AgentStatus::Decommissioned {
-            return Err(Error::conflict("agent-decommissioned", "this agent is already decommissioned"));
+            return Err(Error::conflict(
+                "agent-decommissioned",
+                "this agent is already decommissioned",
+            ));
         }
         let now = self.now();
         let mut tx = self.db.begin_write().await?;
@@ -446,12 +583,14 @@ impl Service {
             .bind(agent.id.as_str())
             .execute(&mut *tx)
             .await?;
-        let revoked = sqlx::query("UPDATE credentials SET revoked_at = $1 WHERE agent_id = $2 AND revoked_at IS NULL")
-            .bind(now)
-            .bind(agent.id.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected() as i64;
+        let revoked = sqlx::query(
+            "UPDATE credentials SET revoked_at = $1 WHERE agent_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(agent.id.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected() as i64;
         tx.commit().await?;
 
         let export = self.write_export(&agent).await?;
@@ -483,10 +622,15 @@ impl Service {
             "success",
             json!({ "credentials_revoked": revoked, "export_id": export.id, "export_sha256": export.sha256, "tombstoned_until": crate::clock::to_rfc3339(until) }),
         );
-        let event = json!({ "agent_id": agent.id, "address": agent.address, "export_id": export.id });
-        self.record(&mut tx, &entry, Some(("agent.decommissioned", event))).await?;
+        let event =
+            json!({ "agent_id": agent.id, "address": agent.address, "export_id": export.id });
+        self.record(&mut tx, &entry, Some(("agent.decommissioned", event)))
+            .await?;
         tx.commit().await?;
-        let agent = self.load_agent(&agent.id).await?.ok_or_else(|| Error::not_found("agent"))?;
+        let agent = self
+            .load_agent(&agent.id)
+            .await?
+            .ok_or_else(|| Error::not_found("agent"))?;
         Ok(Decommissioned {
             agent,
             export,
@@ -495,8 +639,10 @@ impl Service {
         })
     }
 
-    /// Deletes what the agent owned. The mailbox issue adds its tables here.
+    /// Deletes what the agent owned: its mailbox (blobs nothing else
+    /// references are collected once this transaction commits).
     async fn purge_agent_data(&self, tx: &mut crate::store::Tx, agent: &AgentId) -> Result<()> {
+        self.purge_mailbox(tx, agent).await?;
         sqlx::query("DELETE FROM idempotency_keys WHERE principal IN (SELECT id FROM credentials WHERE agent_id = $1)")
             .bind(agent.as_str())
             .execute(&mut **tx)
@@ -505,10 +651,14 @@ impl Service {
     }
 
     pub(crate) async fn org_id(&self, tx: &mut crate::store::Tx) -> Result<String> {
-        let row: Option<(String,)> = sqlx::query_as("SELECT id FROM organisations ORDER BY created_at LIMIT 1")
-            .fetch_optional(&mut **tx)
-            .await?;
-        row.map(|r| r.0)
-            .ok_or_else(|| Error::Internal("not initialised: run `agentpost init` or start `agentpost serve` once".into()))
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT id FROM organisations ORDER BY created_at LIMIT 1")
+                .fetch_optional(&mut **tx)
+                .await?;
+        row.map(|r| r.0).ok_or_else(|| {
+            Error::Internal(
+                "not initialised: run `agentpost init` or start `agentpost serve` once".into(),
+            )
+        })
     }
 }

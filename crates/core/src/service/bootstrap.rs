@@ -31,13 +31,27 @@ impl Service {
     /// Creates the organisation unless one exists. `provided_admin_key` is a
     /// key the deployment generated itself (AGENTPOST_ADMIN_KEY_FILE): only
     /// its hash is stored. Returns None when already initialised.
-    pub async fn bootstrap(&self, domain: &str, provided_admin_key: Option<&str>) -> Result<Option<Bootstrapped>> {
+    pub async fn bootstrap(
+        &self,
+        domain: &str,
+        provided_admin_key: Option<&str>,
+    ) -> Result<Option<Bootstrapped>> {
         let domain = normalise_domain(domain).map_err(|m| Error::invalid("domain", m))?;
         if let Some(k) = provided_admin_key {
             match secret::parse(k) {
                 Ok(CredentialKind::Admin) => {}
-                Ok(_) => return Err(Error::invalid("admin_key_file", "holds an agent or approver token, not an admin key (ap_adm_…)")),
-                Err(e) => return Err(Error::invalid("admin_key_file", format!("does not hold a valid admin key: {e}"))),
+                Ok(_) => {
+                    return Err(Error::invalid(
+                        "admin_key_file",
+                        "holds an agent or approver token, not an admin key (ap_adm_…)",
+                    ));
+                }
+                Err(e) => {
+                    return Err(Error::invalid(
+                        "admin_key_file",
+                        format!("does not hold a valid admin key: {e}"),
+                    ));
+                }
             }
         }
         let ctx = Ctx::system("bootstrap");
@@ -56,10 +70,23 @@ impl Service {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        let domain_id = self.insert_domain(&mut tx, org.as_str(), &domain, true).await?;
+        let domain_id = self
+            .insert_domain(&mut tx, org.as_str(), &domain, true)
+            .await?;
         let (admin_key, admin_key_id, hint) = match provided_admin_key {
             None => {
-                let issued = super::credentials::insert_credential(self, &mut tx, &ctx, CredentialKind::Admin, None, "initial", None, &[], None).await?;
+                let issued = super::credentials::insert_credential(
+                    self,
+                    &mut tx,
+                    &ctx,
+                    CredentialKind::Admin,
+                    None,
+                    "initial",
+                    None,
+                    &[],
+                    None,
+                )
+                .await?;
                 let (id, hint) = (issued.credential.id.clone(), issued.credential.hint.clone());
                 (Some(issued), id, hint)
             }
@@ -89,7 +116,12 @@ impl Service {
             "success",
             json!({ "domain": domain, "domain_id": domain_id, "admin_key": hint, "admin_key_id": admin_key_id }),
         );
-        self.record(&mut tx, &entry, Some(("org.initialised", json!({ "domain": domain })))).await?;
+        self.record(
+            &mut tx,
+            &entry,
+            Some(("org.initialised", json!({ "domain": domain }))),
+        )
+        .await?;
         tx.commit().await?;
         Ok(Some(Bootstrapped {
             organisation_id: org.0,

@@ -1,7 +1,10 @@
 //! Credentials: admin keys, agent tokens and approver tokens. Secrets are
 //! shown once (in `IssuedCredential`) and stored only as SHA-256 hashes.
 
-use super::{AGENT_SCOPES, Ctx, DEFAULT_AGENT_SCOPES, Page, Service, clean_text, hint_for, opt_rfc3339, page_limit, paginate};
+use super::{
+    AGENT_SCOPES, Ctx, DEFAULT_AGENT_SCOPES, Page, Service, clean_text, hint_for, opt_rfc3339,
+    page_limit, paginate,
+};
 use crate::error::{Error, Result};
 use crate::ids::{AgentId, CredentialId};
 use crate::secret::{self, CredentialKind, Secret};
@@ -62,12 +65,12 @@ pub struct NewApprover {
     pub expires_at: Option<String>,
 }
 
-const CRED_COLUMNS: &str =
-    "id, kind, name, last4, agent_id, subject, scopes, created_at, last_used_at, expires_at, revoked_at, replaced_by";
+const CRED_COLUMNS: &str = "id, kind, name, last4, agent_id, subject, scopes, created_at, last_used_at, expires_at, revoked_at, replaced_by";
 
 fn info_from_row(row: &sqlx::any::AnyRow) -> Result<CredentialInfo> {
     let kind: String = row.try_get("kind")?;
-    let kind = CredentialKind::parse(&kind).ok_or_else(|| Error::Internal(format!("unknown credential kind {kind}")))?;
+    let kind = CredentialKind::parse(&kind)
+        .ok_or_else(|| Error::Internal(format!("unknown credential kind {kind}")))?;
     let last4: String = row.try_get("last4")?;
     let scopes: String = row.try_get("scopes")?;
     Ok(CredentialInfo {
@@ -98,7 +101,10 @@ pub(crate) fn parse_scopes(scopes: Option<Vec<String>>) -> Result<Vec<String>> {
     let mut out: Vec<String> = vec![];
     for s in scopes {
         if !AGENT_SCOPES.contains(&s.as_str()) {
-            return Err(Error::invalid("scopes", format!("unknown scope '{s}'; known: {}", AGENT_SCOPES.join(" "))));
+            return Err(Error::invalid(
+                "scopes",
+                format!("unknown scope '{s}'; known: {}", AGENT_SCOPES.join(" ")),
+            ));
         }
         if !out.contains(&s) {
             out.push(s);
@@ -110,7 +116,12 @@ pub(crate) fn parse_scopes(scopes: Option<Vec<String>>) -> Result<Vec<String>> {
 fn parse_expiry(now: i64, value: Option<&str>) -> Result<Option<i64>> {
     let Some(v) = value else { return Ok(None) };
     let t = chrono::DateTime::parse_from_rfc3339(v)
-        .map_err(|_| Error::invalid("expires_at", "must be an RFC 3339 time such as 2027-01-31T00:00:00Z"))?
+        .map_err(|_| {
+            Error::invalid(
+                "expires_at",
+                "must be an RFC 3339 time such as 2027-01-31T00:00:00Z",
+            )
+        })?
         .timestamp_micros();
     if t <= now {
         return Err(Error::invalid("expires_at", "must be in the future"));
@@ -185,18 +196,33 @@ impl Service {
             return Ok(None);
         }
         let q = format!("SELECT {CRED_COLUMNS} FROM credentials WHERE id = $1");
-        let row = sqlx::query(AssertSqlSafe(q)).bind(id).fetch_optional(&self.db.pool).await?;
+        let row = sqlx::query(AssertSqlSafe(q))
+            .bind(id)
+            .fetch_optional(&self.db.pool)
+            .await?;
         row.as_ref().map(info_from_row).transpose()
     }
 
-    async fn list_credentials(&self, kind: CredentialKind, agent: Option<&AgentId>, cursor: Option<&str>, limit: Option<u32>) -> Result<Page<CredentialInfo>> {
+    async fn list_credentials(
+        &self,
+        kind: CredentialKind,
+        agent: Option<&AgentId>,
+        cursor: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Page<CredentialInfo>> {
         let limit = page_limit(limit)?;
         let q = format!(
             "SELECT {CRED_COLUMNS} FROM credentials WHERE kind = $1 AND id > $2 {} ORDER BY id LIMIT {}",
-            if agent.is_some() { "AND agent_id = $3" } else { "" },
+            if agent.is_some() {
+                "AND agent_id = $3"
+            } else {
+                ""
+            },
             limit + 1
         );
-        let mut query = sqlx::query(AssertSqlSafe(q)).bind(kind.as_str()).bind(cursor.unwrap_or("").to_string());
+        let mut query = sqlx::query(AssertSqlSafe(q))
+            .bind(kind.as_str())
+            .bind(cursor.unwrap_or("").to_string());
         if let Some(a) = agent {
             query = query.bind(a.0.clone());
         }
@@ -207,23 +233,51 @@ impl Service {
 
     // ---- agent tokens ----
 
-    pub async fn create_token(&self, ctx: &Ctx, agent_id: &str, new: NewToken) -> Result<IssuedCredential> {
+    pub async fn create_token(
+        &self,
+        ctx: &Ctx,
+        agent_id: &str,
+        new: NewToken,
+    ) -> Result<IssuedCredential> {
         let agent = self.visible_agent(ctx, agent_id).await?;
-        self.require_admin(ctx, "token.create", Some(agent_id)).await?;
-        if agent.status != super::AgentStatus::Active && agent.status != super::AgentStatus::Suspended {
-            return Err(Error::conflict("agent-decommissioned", "a decommissioned agent gets no new tokens"));
+        self.require_admin(ctx, "token.create", Some(agent_id))
+            .await?;
+        if agent.status != super::AgentStatus::Active
+            && agent.status != super::AgentStatus::Suspended
+        {
+            return Err(Error::conflict(
+                "agent-decommissioned",
+                "a decommissioned agent gets no new tokens",
+            ));
         }
         let scopes = parse_scopes(new.scopes)?;
         let name = token_name(new.name, "token")?;
         let expires = parse_expiry(self.now(), new.expires_at.as_deref())?;
         let mut tx = self.db.begin_write().await?;
-        let issued = insert_credential(self, &mut tx, ctx, CredentialKind::Agent, Some(&agent.id), &name, None, &scopes, expires).await?;
-        self.record_credential_created(&mut tx, ctx, &issued).await?;
+        let issued = insert_credential(
+            self,
+            &mut tx,
+            ctx,
+            CredentialKind::Agent,
+            Some(&agent.id),
+            &name,
+            None,
+            &scopes,
+            expires,
+        )
+        .await?;
+        self.record_credential_created(&mut tx, ctx, &issued)
+            .await?;
         tx.commit().await?;
         Ok(issued)
     }
 
-    async fn record_credential_created(&self, tx: &mut Tx, ctx: &Ctx, issued: &IssuedCredential) -> Result<()> {
+    async fn record_credential_created(
+        &self,
+        tx: &mut Tx,
+        ctx: &Ctx,
+        issued: &IssuedCredential,
+    ) -> Result<()> {
         let c = &issued.credential;
         let entry = self.entry(
             ctx,
@@ -234,41 +288,80 @@ impl Service {
             "success",
             json!({ "kind": c.kind, "name": c.name, "scopes": c.scopes, "credential": c.hint, "expires_at": c.expires_at }),
         );
-        self.record(tx, &entry, Some(("token.created", json!({ "credential_id": c.id, "kind": c.kind, "agent_id": c.agent_id }))))
-            .await
+        self.record(
+            tx,
+            &entry,
+            Some((
+                "token.created",
+                json!({ "credential_id": c.id, "kind": c.kind, "agent_id": c.agent_id }),
+            )),
+        )
+        .await
     }
 
-    pub async fn list_tokens(&self, ctx: &Ctx, agent_id: &str, cursor: Option<&str>, limit: Option<u32>) -> Result<Page<CredentialInfo>> {
+    pub async fn list_tokens(
+        &self,
+        ctx: &Ctx,
+        agent_id: &str,
+        cursor: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Page<CredentialInfo>> {
         let agent = self.visible_agent(ctx, agent_id).await?;
         if !ctx.principal.is_admin() {
             return Err(Error::Forbidden("listing tokens needs an admin key".into()));
         }
-        self.list_credentials(CredentialKind::Agent, Some(&agent.id), cursor, limit).await
+        self.list_credentials(CredentialKind::Agent, Some(&agent.id), cursor, limit)
+            .await
     }
 
     /// A credential of the given kind, and for agent tokens of that agent;
     /// otherwise not found.
-    async fn owned_credential(&self, kind: CredentialKind, agent: Option<&AgentId>, id: &str) -> Result<CredentialInfo> {
-        let c = self.load_credential(id).await?.ok_or_else(|| Error::not_found("credential"))?;
+    async fn owned_credential(
+        &self,
+        kind: CredentialKind,
+        agent: Option<&AgentId>,
+        id: &str,
+    ) -> Result<CredentialInfo> {
+        let c = self
+            .load_credential(id)
+            .await?
+            .ok_or_else(|| Error::not_found("credential"))?;
         if c.kind != kind || c.agent_id.as_deref() != agent.map(|a| a.as_str()) {
             return Err(Error::not_found("credential"));
         }
         Ok(c)
     }
 
-    pub async fn revoke_token(&self, ctx: &Ctx, agent_id: &str, token_id: &str) -> Result<CredentialInfo> {
+    pub async fn revoke_token(
+        &self,
+        ctx: &Ctx,
+        agent_id: &str,
+        token_id: &str,
+    ) -> Result<CredentialInfo> {
         let agent = self.visible_agent(ctx, agent_id).await?;
         // Ownership before privilege: another agent's token is *not found*.
-        let c = self.owned_credential(CredentialKind::Agent, Some(&agent.id), token_id).await?;
-        self.require_admin(ctx, "token.revoke", Some(token_id)).await?;
+        let c = self
+            .owned_credential(CredentialKind::Agent, Some(&agent.id), token_id)
+            .await?;
+        self.require_admin(ctx, "token.revoke", Some(token_id))
+            .await?;
         self.revoke(ctx, c).await
     }
 
-    pub async fn rotate_token(&self, ctx: &Ctx, agent_id: &str, token_id: &str, overlap_secs: Option<i64>) -> Result<IssuedCredential> {
+    pub async fn rotate_token(
+        &self,
+        ctx: &Ctx,
+        agent_id: &str,
+        token_id: &str,
+        overlap_secs: Option<i64>,
+    ) -> Result<IssuedCredential> {
         let agent = self.visible_agent(ctx, agent_id).await?;
         // Ownership before privilege: another agent's token is *not found*.
-        let c = self.owned_credential(CredentialKind::Agent, Some(&agent.id), token_id).await?;
-        self.require_admin(ctx, "token.rotate", Some(token_id)).await?;
+        let c = self
+            .owned_credential(CredentialKind::Agent, Some(&agent.id), token_id)
+            .await?;
+        self.require_admin(ctx, "token.rotate", Some(token_id))
+            .await?;
         self.rotate(ctx, c, overlap_secs).await
     }
 
@@ -285,11 +378,28 @@ impl Service {
             .bind(&c.id)
             .execute(&mut *tx)
             .await?;
-        let entry = self.entry(ctx, "token.revoke", Some("credential"), Some(c.id.clone()), c.agent_id.clone(), "success", json!({ "kind": c.kind, "credential": c.hint }));
-        self.record(&mut tx, &entry, Some(("token.revoked", json!({ "credential_id": c.id, "kind": c.kind, "agent_id": c.agent_id }))))
-            .await?;
+        let entry = self.entry(
+            ctx,
+            "token.revoke",
+            Some("credential"),
+            Some(c.id.clone()),
+            c.agent_id.clone(),
+            "success",
+            json!({ "kind": c.kind, "credential": c.hint }),
+        );
+        self.record(
+            &mut tx,
+            &entry,
+            Some((
+                "token.revoked",
+                json!({ "credential_id": c.id, "kind": c.kind, "agent_id": c.agent_id }),
+            )),
+        )
+        .await?;
         tx.commit().await?;
-        self.load_credential(&c.id).await?.ok_or_else(|| Error::not_found("credential"))
+        self.load_credential(&c.id)
+            .await?
+            .ok_or_else(|| Error::not_found("credential"))
     }
 
     /// Refuses to lock the organisation out by revoking its last admin key.
@@ -313,13 +423,24 @@ impl Service {
 
     /// New secret with the same name, scopes and expiry; the old one keeps
     /// working until the overlap ends (default 24 h), then expires.
-    async fn rotate(&self, ctx: &Ctx, c: CredentialInfo, overlap_secs: Option<i64>) -> Result<IssuedCredential> {
+    async fn rotate(
+        &self,
+        ctx: &Ctx,
+        c: CredentialInfo,
+        overlap_secs: Option<i64>,
+    ) -> Result<IssuedCredential> {
         if c.revoked_at.is_some() {
-            return Err(Error::conflict("credential-revoked", "a revoked credential cannot be rotated; create a new one"));
+            return Err(Error::conflict(
+                "credential-revoked",
+                "a revoked credential cannot be rotated; create a new one",
+            ));
         }
         let overlap = overlap_secs.unwrap_or(86_400);
         if !(0..=30 * 86_400).contains(&overlap) {
-            return Err(Error::invalid("overlap_seconds", "must be between 0 and 2592000 (30 days)"));
+            return Err(Error::invalid(
+                "overlap_seconds",
+                "must be between 0 and 2592000 (30 days)",
+            ));
         }
         let now = self.now();
         let old_until = now + overlap * 1_000_000;
@@ -331,7 +452,18 @@ impl Service {
         let new_old_expiry = old_expiry.map_or(old_until, |e| e.min(old_until));
         let mut tx = self.db.begin_write().await?;
         let agent = c.agent_id.clone().map(AgentId);
-        let issued = insert_credential(self, &mut tx, ctx, c.kind, agent.as_ref(), &c.name, c.subject.as_deref(), &c.scopes, old_expiry).await?;
+        let issued = insert_credential(
+            self,
+            &mut tx,
+            ctx,
+            c.kind,
+            agent.as_ref(),
+            &c.name,
+            c.subject.as_deref(),
+            &c.scopes,
+            old_expiry,
+        )
+        .await?;
         sqlx::query("UPDATE credentials SET expires_at = $1, replaced_by = $2 WHERE id = $3")
             .bind(new_old_expiry)
             .bind(&issued.credential.id)
@@ -355,30 +487,61 @@ impl Service {
 
     // ---- admin keys ----
 
-    pub async fn create_admin_key(&self, ctx: &Ctx, name: Option<String>) -> Result<IssuedCredential> {
+    pub async fn create_admin_key(
+        &self,
+        ctx: &Ctx,
+        name: Option<String>,
+    ) -> Result<IssuedCredential> {
         self.require_admin(ctx, "token.create", None).await?;
         let name = token_name(name, "admin")?;
         let mut tx = self.db.begin_write().await?;
-        let issued = insert_credential(self, &mut tx, ctx, CredentialKind::Admin, None, &name, None, &[], None).await?;
-        self.record_credential_created(&mut tx, ctx, &issued).await?;
+        let issued = insert_credential(
+            self,
+            &mut tx,
+            ctx,
+            CredentialKind::Admin,
+            None,
+            &name,
+            None,
+            &[],
+            None,
+        )
+        .await?;
+        self.record_credential_created(&mut tx, ctx, &issued)
+            .await?;
         tx.commit().await?;
         Ok(issued)
     }
 
-    pub async fn list_admin_keys(&self, ctx: &Ctx, cursor: Option<&str>, limit: Option<u32>) -> Result<Page<CredentialInfo>> {
+    pub async fn list_admin_keys(
+        &self,
+        ctx: &Ctx,
+        cursor: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Page<CredentialInfo>> {
         self.require_admin(ctx, "token.list", None).await?;
-        self.list_credentials(CredentialKind::Admin, None, cursor, limit).await
+        self.list_credentials(CredentialKind::Admin, None, cursor, limit)
+            .await
     }
 
     pub async fn revoke_admin_key(&self, ctx: &Ctx, id: &str) -> Result<CredentialInfo> {
         self.require_admin(ctx, "token.revoke", Some(id)).await?;
-        let c = self.owned_credential(CredentialKind::Admin, None, id).await?;
+        let c = self
+            .owned_credential(CredentialKind::Admin, None, id)
+            .await?;
         self.revoke(ctx, c).await
     }
 
-    pub async fn rotate_admin_key(&self, ctx: &Ctx, id: &str, overlap_secs: Option<i64>) -> Result<IssuedCredential> {
+    pub async fn rotate_admin_key(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        overlap_secs: Option<i64>,
+    ) -> Result<IssuedCredential> {
         self.require_admin(ctx, "token.rotate", Some(id)).await?;
-        let c = self.owned_credential(CredentialKind::Admin, None, id).await?;
+        let c = self
+            .owned_credential(CredentialKind::Admin, None, id)
+            .await?;
         self.rotate(ctx, c, overlap_secs).await
     }
 
@@ -388,24 +551,46 @@ impl Service {
         self.require_admin(ctx, "token.create", None).await?;
         let email = clean_text("email", new.email, 254)?
             .filter(|e| e.contains('@') && !e.contains(char::is_whitespace))
-            .ok_or_else(|| Error::invalid("email", "is required: the approving human's email address"))?;
+            .ok_or_else(|| {
+                Error::invalid("email", "is required: the approving human's email address")
+            })?;
         let name = token_name(new.name, &email)?;
         let expires = parse_expiry(self.now(), new.expires_at.as_deref())?;
         let mut tx = self.db.begin_write().await?;
-        let issued = insert_credential(self, &mut tx, ctx, CredentialKind::Approver, None, &name, Some(&email), &[], expires).await?;
-        self.record_credential_created(&mut tx, ctx, &issued).await?;
+        let issued = insert_credential(
+            self,
+            &mut tx,
+            ctx,
+            CredentialKind::Approver,
+            None,
+            &name,
+            Some(&email),
+            &[],
+            expires,
+        )
+        .await?;
+        self.record_credential_created(&mut tx, ctx, &issued)
+            .await?;
         tx.commit().await?;
         Ok(issued)
     }
 
-    pub async fn list_approvers(&self, ctx: &Ctx, cursor: Option<&str>, limit: Option<u32>) -> Result<Page<CredentialInfo>> {
+    pub async fn list_approvers(
+        &self,
+        ctx: &Ctx,
+        cursor: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Page<CredentialInfo>> {
         self.require_admin(ctx, "token.list", None).await?;
-        self.list_credentials(CredentialKind::Approver, None, cursor, limit).await
+        self.list_credentials(CredentialKind::Approver, None, cursor, limit)
+            .await
     }
 
     pub async fn revoke_approver(&self, ctx: &Ctx, id: &str) -> Result<CredentialInfo> {
         self.require_admin(ctx, "token.revoke", Some(id)).await?;
-        let c = self.owned_credential(CredentialKind::Approver, None, id).await?;
+        let c = self
+            .owned_credential(CredentialKind::Approver, None, id)
+            .await?;
         self.revoke(ctx, c).await
     }
 }

@@ -30,7 +30,13 @@ pub struct Domain {
 
 impl Service {
     /// Creates the domain and its DKIM keys inside `tx` (used by bootstrap too).
-    pub(crate) async fn insert_domain(&self, tx: &mut crate::store::Tx, org: &str, name: &str, is_default: bool) -> Result<String> {
+    pub(crate) async fn insert_domain(
+        &self,
+        tx: &mut crate::store::Tx,
+        org: &str,
+        name: &str,
+        is_default: bool,
+    ) -> Result<String> {
         let id = DomainId::new();
         let now = self.now();
         let inserted = sqlx::query("INSERT INTO domains (id, org_id, name, is_default, created_at) VALUES ($1,$2,$3,$4,$5)")
@@ -43,7 +49,11 @@ impl Service {
             .await;
         if let Err(e) = inserted {
             return Err(if is_unique_violation(&e) {
-                Error::conflict_on("domain-exists", "name", format!("domain '{name}' already exists"))
+                Error::conflict_on(
+                    "domain-exists",
+                    "name",
+                    format!("domain '{name}' already exists"),
+                )
             } else {
                 e.into()
             });
@@ -73,20 +83,38 @@ impl Service {
 
     pub async fn add_domain(&self, ctx: &Ctx, name: Option<String>) -> Result<Domain> {
         self.require_admin(ctx, "domain.create", None).await?;
-        let name = name.ok_or_else(|| Error::invalid("name", "is required, e.g. agents.example.com"))?;
+        let name =
+            name.ok_or_else(|| Error::invalid("name", "is required, e.g. agents.example.com"))?;
         let name = normalise_domain(&name).map_err(|m| Error::invalid("name", m))?;
         let mut tx = self.db.begin_write().await?;
         let org = self.org_id(&mut tx).await?;
         let id = self.insert_domain(&mut tx, &org, &name, false).await?;
-        let entry = self.entry(ctx, "domain.create", Some("domain"), Some(id), None, "success", json!({ "name": name }));
-        self.record(&mut tx, &entry, Some(("domain.created", json!({ "name": name })))).await?;
+        let entry = self.entry(
+            ctx,
+            "domain.create",
+            Some("domain"),
+            Some(id),
+            None,
+            "success",
+            json!({ "name": name }),
+        );
+        self.record(
+            &mut tx,
+            &entry,
+            Some(("domain.created", json!({ "name": name }))),
+        )
+        .await?;
         tx.commit().await?;
-        self.load_domain(&name).await?.ok_or_else(|| Error::not_found("domain"))
+        self.load_domain(&name)
+            .await?
+            .ok_or_else(|| Error::not_found("domain"))
     }
 
     pub async fn list_domains(&self, ctx: &Ctx) -> Result<Vec<Domain>> {
         self.require_admin(ctx, "domain.list", None).await?;
-        let names: Vec<(String,)> = sqlx::query_as("SELECT name FROM domains ORDER BY name").fetch_all(&self.db.pool).await?;
+        let names: Vec<(String,)> = sqlx::query_as("SELECT name FROM domains ORDER BY name")
+            .fetch_all(&self.db.pool)
+            .await?;
         let mut out = vec![];
         for (n,) in names {
             if let Some(d) = self.load_domain(&n).await? {
@@ -99,14 +127,17 @@ impl Service {
     pub async fn domain_dns(&self, ctx: &Ctx, name: &str) -> Result<Domain> {
         self.require_admin(ctx, "domain.dns", None).await?;
         let name = normalise_domain(name).map_err(|_| Error::not_found("domain"))?;
-        self.load_domain(&name).await?.ok_or_else(|| Error::not_found("domain"))
+        self.load_domain(&name)
+            .await?
+            .ok_or_else(|| Error::not_found("domain"))
     }
 
     async fn load_domain(&self, name: &str) -> Result<Option<Domain>> {
-        let Some(row) = sqlx::query("SELECT id, name, is_default, created_at FROM domains WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.db.pool)
-            .await?
+        let Some(row) =
+            sqlx::query("SELECT id, name, is_default, created_at FROM domains WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.db.pool)
+                .await?
         else {
             return Ok(None);
         };

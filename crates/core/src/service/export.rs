@@ -21,7 +21,12 @@ pub struct ExportInfo {
     pub download_path: String,
 }
 
-fn append_file(tar: &mut tar::Builder<flate2::write::GzEncoder<Vec<u8>>>, path: &str, bytes: &[u8], mtime: u64) -> Result<()> {
+fn append_file(
+    tar: &mut tar::Builder<flate2::write::GzEncoder<Vec<u8>>>,
+    path: &str,
+    bytes: &[u8],
+    mtime: u64,
+) -> Result<()> {
     let mut header = tar::Header::new_gnu();
     header.set_size(bytes.len() as u64);
     header.set_mode(0o600);
@@ -35,12 +40,23 @@ impl Service {
     pub(crate) async fn write_export(&self, agent: &Agent) -> Result<ExportInfo> {
         let now = self.now();
         let mtime = (now / 1_000_000).max(0) as u64;
-        let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default()));
+        let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::default(),
+        ));
         let stem = format!("agentpost-export-{}", agent.id);
-        append_file(&mut tar, &format!("{stem}/agent.json"), &serde_json::to_vec_pretty(agent).unwrap_or_default(), mtime)?;
+        append_file(
+            &mut tar,
+            &format!("{stem}/agent.json"),
+            &serde_json::to_vec_pretty(agent).unwrap_or_default(),
+            mtime,
+        )?;
 
         let q = "SELECT id, kind, name, last4, scopes, created_at, last_used_at, expires_at, revoked_at FROM credentials WHERE agent_id = $1 ORDER BY id";
-        let rows = sqlx::query(q).bind(agent.id.as_str()).fetch_all(&self.db.pool).await?;
+        let rows = sqlx::query(q)
+            .bind(agent.id.as_str())
+            .fetch_all(&self.db.pool)
+            .await?;
         let mut creds = vec![];
         for r in &rows {
             creds.push(serde_json::json!({
@@ -53,10 +69,21 @@ impl Service {
                 "revoked_at": super::opt_rfc3339(r.try_get("revoked_at")?),
             }));
         }
-        append_file(&mut tar, &format!("{stem}/credentials.json"), &serde_json::to_vec_pretty(&creds).unwrap_or_default(), mtime)?;
+        append_file(
+            &mut tar,
+            &format!("{stem}/credentials.json"),
+            &serde_json::to_vec_pretty(&creds).unwrap_or_default(),
+            mtime,
+        )?;
 
-        let q = format!("SELECT {} FROM audit_log WHERE agent_id = $1 ORDER BY id", crate::audit::COLUMNS);
-        let rows = sqlx::query(AssertSqlSafe(q)).bind(agent.id.as_str()).fetch_all(&self.db.pool).await?;
+        let q = format!(
+            "SELECT {} FROM audit_log WHERE agent_id = $1 ORDER BY id",
+            crate::audit::COLUMNS
+        );
+        let rows = sqlx::query(AssertSqlSafe(q))
+            .bind(agent.id.as_str())
+            .fetch_all(&self.db.pool)
+            .await?;
         let mut audit = Vec::new();
         for r in &rows {
             let (e, _, _) = crate::audit::from_row(r)?;
@@ -67,8 +94,18 @@ impl Service {
 
         let mut n_messages = 0usize;
         for (name, eml, meta) in self.export_messages(agent).await? {
-            append_file(&mut tar, &format!("{stem}/messages/{name}.eml"), &eml, mtime)?;
-            append_file(&mut tar, &format!("{stem}/messages/{name}.json"), &meta, mtime)?;
+            append_file(
+                &mut tar,
+                &format!("{stem}/messages/{name}.eml"),
+                &eml,
+                mtime,
+            )?;
+            append_file(
+                &mut tar,
+                &format!("{stem}/messages/{name}.json"),
+                &meta,
+                mtime,
+            )?;
             n_messages += 1;
         }
         let manifest = serde_json::json!({
@@ -79,7 +116,12 @@ impl Service {
             "messages": n_messages,
             "audit_entries": rows.len(),
         });
-        append_file(&mut tar, &format!("{stem}/manifest.json"), &serde_json::to_vec_pretty(&manifest).unwrap_or_default(), mtime)?;
+        append_file(
+            &mut tar,
+            &format!("{stem}/manifest.json"),
+            &serde_json::to_vec_pretty(&manifest).unwrap_or_default(),
+            mtime,
+        )?;
         let bytes = tar
             .into_inner()
             .and_then(|gz| gz.finish())
@@ -107,16 +149,16 @@ impl Service {
         })
     }
 
-    /// (file stem, raw message, JSON metadata) for each stored message. The
-    /// mailbox is not built yet, so there are none; the mailbox fills this in.
-    async fn export_messages(&self, _agent: &Agent) -> Result<Vec<(String, Vec<u8>, Vec<u8>)>> {
-        Ok(vec![])
+    /// (file stem, raw message, JSON metadata) for each stored message.
+    async fn export_messages(&self, agent: &Agent) -> Result<Vec<(String, Vec<u8>, Vec<u8>)>> {
+        self.export_mailbox(agent).await
     }
 
     /// The newest export of an agent, for download (admin only).
     pub async fn get_export(&self, ctx: &Ctx, agent_id: &str) -> Result<(ExportInfo, Vec<u8>)> {
         let agent = self.visible_agent(ctx, agent_id).await?;
-        self.require_admin(ctx, "agent.export", Some(agent_id)).await?;
+        self.require_admin(ctx, "agent.export", Some(agent_id))
+            .await?;
         let row = sqlx::query("SELECT id, blob_hash, size_bytes, created_at FROM exports WHERE agent_id = $1 ORDER BY id DESC LIMIT 1")
             .bind(agent.id.as_str())
             .fetch_optional(&self.db.pool)

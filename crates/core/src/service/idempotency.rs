@@ -44,13 +44,21 @@ fn principal_key(ctx: &Ctx) -> Result<String> {
 
 pub fn validate_key(key: &str) -> Result<()> {
     if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
-        return Err(Error::invalid("Idempotency-Key", "must be 1 to 255 visible ASCII characters"));
+        return Err(Error::invalid(
+            "Idempotency-Key",
+            "must be 1 to 255 visible ASCII characters",
+        ));
     }
     Ok(())
 }
 
 impl Service {
-    pub async fn idempotency_begin(&self, ctx: &Ctx, key: &str, fingerprint: &str) -> Result<IdempotencyStart> {
+    pub async fn idempotency_begin(
+        &self,
+        ctx: &Ctx,
+        key: &str,
+        fingerprint: &str,
+    ) -> Result<IdempotencyStart> {
         validate_key(key)?;
         let principal = principal_key(ctx)?;
         let now = self.now();
@@ -63,7 +71,8 @@ impl Service {
         if let Some(row) = row {
             let created: i64 = row.try_get("created_at")?;
             let status: Option<i64> = row.try_get("status")?;
-            let expired = now - created > KEEP_MICROS || (status.is_none() && now - created > IN_FLIGHT_MICROS);
+            let expired = now - created > KEEP_MICROS
+                || (status.is_none() && now - created > IN_FLIGHT_MICROS);
             if !expired {
                 let stored_fp: String = row.try_get("fingerprint")?;
                 if stored_fp != fingerprint {
@@ -82,13 +91,20 @@ impl Service {
                 };
                 let sealed: Vec<u8> = row.try_get("sealed_response")?;
                 if sealed.len() < 12 {
-                    return Err(Error::Internal("stored idempotent response is corrupt".into()));
+                    return Err(Error::Internal(
+                        "stored idempotent response is corrupt".into(),
+                    ));
                 }
                 let (nonce, ct) = sealed.split_at(12);
                 let body = cipher(ctx, key)
-                    .decrypt(Nonce::from_slice(nonce) , ct)
-                    .map_err(|_| Error::Internal("stored idempotent response does not open".into()))?;
-                return Ok(IdempotencyStart::Replay { status: status as u16, body });
+                    .decrypt(Nonce::from_slice(nonce), ct)
+                    .map_err(|_| {
+                        Error::Internal("stored idempotent response does not open".into())
+                    })?;
+                return Ok(IdempotencyStart::Replay {
+                    status: status as u16,
+                    body,
+                });
             }
             sqlx::query("DELETE FROM idempotency_keys WHERE principal = $1 AND key = $2")
                 .bind(&principal)
@@ -119,7 +135,13 @@ impl Service {
 
     /// Stores the answer to replay. Server errors are not stored: the key is
     /// released so the client's retry runs again.
-    pub async fn idempotency_finish(&self, ctx: &Ctx, key: &str, status: u16, body: &[u8]) -> Result<()> {
+    pub async fn idempotency_finish(
+        &self,
+        ctx: &Ctx,
+        key: &str,
+        status: u16,
+        body: &[u8],
+    ) -> Result<()> {
         let principal = principal_key(ctx)?;
         if status >= 500 {
             sqlx::query("DELETE FROM idempotency_keys WHERE principal = $1 AND key = $2")

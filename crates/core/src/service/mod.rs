@@ -10,7 +10,16 @@ mod credentials;
 mod domains;
 mod export;
 mod idempotency;
+mod mailbox;
+pub use mailbox::*;
 mod trail;
+pub(crate) mod webhooks;
+pub use webhooks::{
+    NewWebhook, ReplayRequest, Replayed, Webhook, WebhookAttempt, WebhookDelivery, WebhookPatch,
+    WebhookSettings, WebhookWithSecret, parse_duration, parse_durations,
+};
+mod events_api;
+pub use events_api::{EventPage, EventQuery};
 
 pub use agents::{Agent, AgentPatch, AgentStatus, Decommissioned, NewAgent};
 pub use bootstrap::Bootstrapped;
@@ -40,7 +49,13 @@ pub const AGENT_SCOPES: &[&str] = &[
     "calendar.read",
     "calendar.write",
 ];
-pub const DEFAULT_AGENT_SCOPES: &[&str] = &["mail.read", "mail.draft", "mail.send", "calendar.read", "calendar.write"];
+pub const DEFAULT_AGENT_SCOPES: &[&str] = &[
+    "mail.read",
+    "mail.draft",
+    "mail.send",
+    "calendar.read",
+    "calendar.write",
+];
 
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
@@ -50,6 +65,8 @@ pub struct CoreConfig {
     pub hostname: String,
     /// How long a decommissioned address is refused and not reused.
     pub tombstone_days: i64,
+    /// Webhook delivery (private targets, retry schedule, timeouts).
+    pub webhooks: WebhookSettings,
 }
 
 impl Default for CoreConfig {
@@ -58,6 +75,7 @@ impl Default for CoreConfig {
             default_domain: "agents.localhost".into(),
             hostname: "localhost".into(),
             tombstone_days: 90,
+            webhooks: WebhookSettings::default(),
         }
     }
 }
@@ -193,18 +211,29 @@ pub(crate) fn page_limit(limit: Option<u32>) -> Result<i64> {
 }
 
 /// Rows are fetched with limit+1 to know whether another page exists.
-pub(crate) fn paginate<T>(mut rows: Vec<T>, limit: i64, cursor_of: impl Fn(&T) -> String) -> Page<T> {
+pub(crate) fn paginate<T>(
+    mut rows: Vec<T>,
+    limit: i64,
+    cursor_of: impl Fn(&T) -> String,
+) -> Page<T> {
     let next_cursor = if rows.len() as i64 > limit {
         rows.truncate(limit as usize);
         rows.last().map(cursor_of)
     } else {
         None
     };
-    Page { data: rows, next_cursor }
+    Page {
+        data: rows,
+        next_cursor,
+    }
 }
 
 impl Service {
-    pub async fn open(location: &StoreLocation, cfg: CoreConfig, clock: Arc<dyn Clock>) -> Result<Self> {
+    pub async fn open(
+        location: &StoreLocation,
+        cfg: CoreConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self> {
         let db = Db::open(location).await?;
         Ok(Service { db, clock, cfg })
     }
@@ -229,7 +258,12 @@ impl Service {
     /// Who: turns a presented secret into a principal. Every failure is
     /// audited and answers the same 401, so callers learn nothing about
     /// which keys exist.
-    pub async fn authenticate(&self, presented: &str, request_id: Option<String>, source: Option<String>) -> Result<Principal> {
+    pub async fn authenticate(
+        &self,
+        presented: &str,
+        request_id: Option<String>,
+        source: Option<String>,
+    ) -> Result<Principal> {
         let fail = |reason: &'static str, hint: Option<String>| {
             let request_id = request_id.clone();
             let source = source.clone();
@@ -255,6 +289,9 @@ impl Service {
                 Error::Unauthenticated("missing, malformed, expired or revoked credential".into())
             }
         };
+        if presented.is_empty() {
+            return Err(fail("no credential", None).await);
+        }
         let kind = match secret::parse(presented) {
             Ok(k) => k,
             Err(e) => {
@@ -327,7 +364,11 @@ impl Service {
     pub async fn me(&self, ctx: &Ctx) -> Result<Me> {
         let p = &ctx.principal;
         let agent = match &p.agent_id {
-            Some(id) => Some(self.load_agent(id).await?.ok_or_else(|| Error::not_found("agent"))?),
+            Some(id) => Some(
+                self.load_agent(id)
+                    .await?
+                    .ok_or_else(|| Error::not_found("agent"))?,
+            ),
             None => None,
         };
         Ok(Me {
@@ -336,14 +377,23 @@ impl Service {
             credential: p.credential_hint.clone(),
             name: p.credential_name.clone(),
             subject: p.subject.clone(),
-            scopes: if p.is_admin() { vec!["*".into()] } else { p.scopes.clone() },
+            scopes: if p.is_admin() {
+                vec!["*".into()]
+            } else {
+                p.scopes.clone()
+            },
             agent,
         })
     }
 
     /// May: admin-only operations. A non-admin is told *forbidden* only
     /// about things it can see; callers check visibility first.
-    pub(crate) async fn require_admin(&self, ctx: &Ctx, action: &'static str, target_id: Option<&str>) -> Result<()> {
+    pub(crate) async fn require_admin(
+        &self,
+        ctx: &Ctx,
+        action: &'static str,
+        target_id: Option<&str>,
+    ) -> Result<()> {
         if ctx.principal.is_admin() {
             return Ok(());
         }
@@ -352,8 +402,21 @@ impl Service {
     }
 
     /// Audits a refused attempt in its own transaction.
-    pub(crate) async fn record_denied(&self, ctx: &Ctx, action: &'static str, target_id: Option<&str>) {
-        let entry = self.entry(ctx, action, None, target_id.map(str::to_string), None, "denied", json!({}));
+    pub(crate) async fn record_denied(
+        &self,
+        ctx: &Ctx,
+        action: &'static str,
+        target_id: Option<&str>,
+    ) {
+        let entry = self.entry(
+            ctx,
+            action,
+            None,
+            target_id.map(str::to_string),
+            None,
+            "denied",
+            json!({}),
+        );
         if let Err(e) = self.record_alone(&entry).await {
             tracing::error!(error = %e, "could not audit a denied request");
         }
@@ -384,7 +447,12 @@ impl Service {
     }
 
     /// Record: audit entry plus event, inside the caller's transaction.
-    pub(crate) async fn record(&self, tx: &mut Tx, entry: &NewEntry, event: Option<(&str, Value)>) -> Result<()> {
+    pub(crate) async fn record(
+        &self,
+        tx: &mut Tx,
+        entry: &NewEntry,
+        event: Option<(&str, Value)>,
+    ) -> Result<()> {
         let now = self.now();
         crate::audit::append(tx, now, entry).await?;
         if let Some((kind, data)) = event {
@@ -414,7 +482,10 @@ pub(crate) fn clean_text(field: &str, value: Option<String>, max: usize) -> Resu
     let Some(v) = value else { return Ok(None) };
     let v = v.trim().to_string();
     if v.chars().count() > max {
-        return Err(Error::invalid(field, format!("must be at most {max} characters")));
+        return Err(Error::invalid(
+            field,
+            format!("must be at most {max} characters"),
+        ));
     }
     if v.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
         return Err(Error::invalid(field, "may not contain control characters"));

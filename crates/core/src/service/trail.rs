@@ -41,7 +41,12 @@ impl Service {
     }
 
     /// An agent's own trail: admins for any agent, an agent for itself.
-    pub async fn list_agent_audit(&self, ctx: &Ctx, agent_id: &str, mut q: AuditQuery) -> Result<Page<AuditEntry>> {
+    pub async fn list_agent_audit(
+        &self,
+        ctx: &Ctx,
+        agent_id: &str,
+        mut q: AuditQuery,
+    ) -> Result<Page<AuditEntry>> {
         let agent = self.visible_agent(ctx, agent_id).await?;
         q.agent_id = Some(agent.id.0);
         self.query_audit(q).await
@@ -57,7 +62,10 @@ impl Service {
         let cursor = q
             .cursor
             .as_deref()
-            .map(|c| c.parse::<i64>().map_err(|_| Error::invalid("cursor", "is not a cursor from a previous page")))
+            .map(|c| {
+                c.parse::<i64>()
+                    .map_err(|_| Error::invalid("cursor", "is not a cursor from a previous page"))
+            })
             .transpose()?;
         let since = parse_time("since", q.since.as_deref())?;
         let until = parse_time("until", q.until.as_deref())?;
@@ -94,14 +102,19 @@ impl Service {
             conds.push(format!("at < ${i}"));
             ints.push((i, u));
         }
-        let where_ = if conds.is_empty() { String::new() } else { format!("WHERE {}", conds.join(" AND ")) };
+        let where_ = if conds.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conds.join(" AND "))
+        };
         let sql = format!(
             "SELECT {COLUMNS} FROM audit_log {where_} ORDER BY id {} LIMIT {}",
             if desc { "DESC" } else { "ASC" },
             limit + 1
         );
         // Bind in placeholder order.
-        let mut binds: Vec<(usize, Result<i64, String>)> = ints.into_iter().map(|(i, v)| (i, Ok(v))).collect();
+        let mut binds: Vec<(usize, Result<i64, String>)> =
+            ints.into_iter().map(|(i, v)| (i, Ok(v))).collect();
         binds.extend(texts.into_iter().map(|(i, v)| (i, Err(v))));
         binds.sort_by_key(|b| b.0);
         let mut query = sqlx::query(AssertSqlSafe(sql));

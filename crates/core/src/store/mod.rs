@@ -69,7 +69,10 @@ impl Db {
 
     async fn open_sqlite(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| {
-            Error::Internal(format!("cannot create data directory {}: {e}", dir.display()))
+            Error::Internal(format!(
+                "cannot create data directory {}: {e}",
+                dir.display()
+            ))
         })?;
         let db_path = dir.join("agentpost.db");
         let url = format!("sqlite://{}?mode=rwc", db_path.display());
@@ -105,9 +108,7 @@ impl Db {
             .acquire_timeout(Duration::from_secs(30))
             .connect(url)
             .await
-            .map_err(|e| {
-                Error::Internal(format!("cannot connect to {}: {e}", redact_url(url)))
-            })?;
+            .map_err(|e| Error::Internal(format!("cannot connect to {}: {e}", redact_url(url))))?;
         // sqlx takes an advisory lock, so several nodes starting at once
         // migrate exactly once.
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;

@@ -1,0 +1,204 @@
+//! Retention, driven in-process with a manual clock on SQLite and
+//! PostgreSQL: spam expires after 7 days, inbox (and trash) after 30,
+//! counted from when the message entered its folder; archive is kept; the
+//! sweeper removes blobs nothing references, including crash leftovers.
+
+use agentpost_core::clock::ManualClock;
+use agentpost_core::{
+    CoreConfig, Ctx, InboundDelivery, Ingest, MessagePatch, MessageQuery, NewAgent, Service,
+    StoreLocation,
+};
+use std::process::Command;
+use std::sync::Arc;
+
+const DAY: i64 = 86_400;
+
+/// A fresh database on the suite's PostgreSQL (trust auth), dropped on drop.
+struct PgDb(String);
+
+impl PgDb {
+    fn new() -> Self {
+        let name = format!("ap_core_{}", uuid::Uuid::now_v7().simple());
+        let out = Command::new("psql")
+            .args([&admin_url(), "-tAc", &format!("CREATE DATABASE {name}")])
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "PostgreSQL is required: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PgDb(name)
+    }
+    fn url(&self) -> String {
+        let admin = admin_url();
+        let base = admin
+            .rsplit_once('/')
+            .map(|(b, _)| b.to_string())
+            .unwrap_or(admin);
+        format!("{base}/{}", self.0)
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([
+                &admin_url(),
+                "-tAc",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0),
+            ])
+            .output();
+    }
+}
+
+fn admin_url() -> String {
+    std::env::var("AGENTPOST_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+fn delivery(subject: &str) -> InboundDelivery {
+    InboundDelivery {
+        client_ip: "192.0.2.1".into(),
+        helo: "mx.example.org".into(),
+        mail_from: "sender@example.org".into(),
+        rcpt_to: vec!["keeper@agents.localhost".into()],
+        tls: false,
+        auth_results: None,
+        dmarc: "none".into(),
+        dmarc_policy: None,
+        raw: format!("From: sender@example.org\r\nSubject: {subject}\r\n\r\nbody of {subject}\r\n")
+            .into_bytes(),
+    }
+}
+
+async fn retention_expires_by_folder(
+    location: StoreLocation,
+    data_dir: Option<std::path::PathBuf>,
+) {
+    let clock = ManualClock::new(1_767_225_600_000_000); // 2026-01-01
+    let svc = Arc::new(
+        Service::open(&location, CoreConfig::default(), clock.clone())
+            .await
+            .expect("open"),
+    );
+    svc.bootstrap("agents.localhost", None)
+        .await
+        .expect("bootstrap");
+    let ctx = Ctx::system("test");
+    let (agent, _) = svc
+        .create_agent(
+            &ctx,
+            NewAgent {
+                local_part: Some("keeper".into()),
+                sponsor: Some("owner@example.com".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("agent");
+    let id = agent.id.0.clone();
+    let ingest = Ingest::start(svc.clone());
+    let inbox = ingest
+        .deliver(delivery("stays in inbox"))
+        .await
+        .expect("deliver");
+    let spam = ingest
+        .deliver(delivery("moved to spam"))
+        .await
+        .expect("deliver");
+    let archived = ingest.deliver(delivery("archived")).await.expect("deliver");
+    for (mid, folder) in [(&spam, "spam"), (&archived, "archive")] {
+        let patch = MessagePatch {
+            folder: Some(folder.into()),
+            ..Default::default()
+        };
+        svc.update_message(&ctx, &id, mid, patch)
+            .await
+            .expect("move");
+    }
+    // A blob a crash left behind (written, never committed).
+    let stray = data_dir.as_ref().map(|d| {
+        let h = "ab".repeat(32);
+        let p = d.join("blobs").join("ab").join(&h);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, b"orphan").unwrap();
+        p
+    });
+
+    let ids = |svc: Arc<Service>, folder: &'static str| {
+        let id = id.clone();
+        async move {
+            let q = MessageQuery {
+                folder: Some(folder.into()),
+                ..Default::default()
+            };
+            svc.list_messages(&Ctx::system("test"), &id, q)
+                .await
+                .expect("list")
+                .data
+                .into_iter()
+                .map(|m| m.id)
+                .collect::<Vec<_>>()
+        }
+    };
+
+    clock.advance_secs(6 * DAY);
+    let r = svc.sweep_retention().await.expect("sweep");
+    assert_eq!(r.expired, 0);
+    if let Some(p) = &stray {
+        assert!(!p.exists(), "the orphan blob is collected");
+        assert_eq!(r.blobs_removed, 1);
+    }
+
+    clock.advance_secs(2 * DAY); // day 8: spam (7 days) expired
+    let r = svc.sweep_retention().await.expect("sweep");
+    assert_eq!(r.expired, 1);
+    assert_eq!(r.blobs_removed, 1, "the spam message's blob");
+    assert!(ids(svc.clone(), "spam").await.is_empty());
+    assert_eq!(ids(svc.clone(), "inbox").await, vec![inbox.clone()]);
+
+    clock.advance_secs(23 * DAY); // day 31: inbox (30 days) expired, archive kept
+    let r = svc.sweep_retention().await.expect("sweep");
+    assert_eq!(r.expired, 1);
+    assert!(ids(svc.clone(), "inbox").await.is_empty());
+    assert_eq!(ids(svc.clone(), "archive").await, vec![archived.clone()]);
+
+    // Trash counts from the moment of deletion.
+    svc.delete_message(&ctx, &id, &archived)
+        .await
+        .expect("trash");
+    clock.advance_secs(29 * DAY);
+    assert_eq!(svc.sweep_retention().await.expect("sweep").expired, 0);
+    clock.advance_secs(2 * DAY);
+    assert_eq!(svc.sweep_retention().await.expect("sweep").expired, 1);
+    assert!(ids(svc.clone(), "trash").await.is_empty());
+
+    let trail = svc
+        .list_agent_audit(
+            &ctx,
+            &id,
+            agentpost_core::AuditQuery {
+                action: Some("mailbox.retention".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("audit");
+    assert_eq!(trail.data.len(), 3);
+    let report = svc.verify_audit(&ctx).await.expect("verify");
+    assert!(report.problem.is_none(), "{:?}", report.problem);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    retention_expires_by_folder(StoreLocation::DataDir(data.clone()), Some(data)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres() {
+    let db = PgDb::new();
+    retention_expires_by_folder(StoreLocation::Postgres(db.url()), None).await;
+}

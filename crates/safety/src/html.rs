@@ -1,0 +1,1274 @@
+//! Renders HTML to the text a human sees: parses with html5ever (via scraper), computes
+//! inherited visibility per element, and reports every hidden piece as a finding.
+//!
+//! The tree walk is iterative (explicit stack); selector matching is bounded by the
+//! rule index in `css.rs`, a per-element candidate cap and a per-document budget.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use ego_tree::NodeId;
+use html5ever::tendril::{StrTendril, TendrilSink};
+use scraper::node::Element;
+use scraper::{ElementRef, Html, Node};
+
+use crate::color::{ColorValue, Rgba, contrast, parse_attr_color};
+use crate::css::{self, Decl, DisplayKind, Len, Position, Sheet, Val};
+use crate::findings::{Collector, truncate_bytes};
+use crate::text::TextBuf;
+use crate::{FindingKind, Link, MAX_DOM_DEPTH, MAX_HTML_BYTES, links, risk, unicode};
+
+/// Output of rendering one HTML or text body.
+#[derive(Debug, Default)]
+pub(crate) struct Rendered {
+    pub text: String,
+    /// Text without quote containers (Gmail/Apple/Outlook history).
+    pub reply: String,
+    pub links: Vec<Link>,
+}
+
+/// Bytes fed to html5ever per step between deadline checks.
+const CHUNK: usize = 64 * 1024;
+/// Selector match calls per document.
+const MATCH_BUDGET: usize = 200_000;
+/// Candidate rules tried per element.
+const MAX_CANDIDATES: usize = 128;
+/// CSS bytes read from all `<style>` blocks.
+const MAX_CSS_BYTES: usize = 1024 * 1024;
+/// Bytes of one `style` attribute parsed.
+const MAX_STYLE_ATTR: usize = 16 * 1024;
+/// Contrast ratio below which text counts as invisible (WCAG ratio; #999 on white is 2.8).
+const MIN_CONTRAST: f32 = 1.25;
+/// Font size (px) below which text counts as invisible.
+const MIN_FONT_PX: f32 = 4.0;
+/// Offsets beyond this (px) put a box off the screen.
+const OFFSCREEN_PX: f32 = 500.0;
+
+/// Time for parsing and for parsing plus the walk; the rest of the 250 ms (release) is left
+/// for scoring, dropping the tree and the caller.
+fn time_budget() -> (Duration, Duration) {
+    // Unoptimised test builds are ~10x slower; the release budget is what the spec promises.
+    let scale = if cfg!(debug_assertions) { 15 } else { 1 };
+    (
+        Duration::from_millis(100 * scale),
+        Duration::from_millis(160 * scale),
+    )
+}
+
+/// Renders `html`, recording findings into `acc`.
+pub(crate) fn render(html: &str, location: &str, acc: &mut Collector) -> Rendered {
+    let started = Instant::now();
+    let (parse_budget, walk_budget) = time_budget();
+    let limited = truncate_bytes(html, MAX_HTML_BYTES);
+    if limited.len() < html.len() {
+        acc.note(
+            FindingKind::Truncated,
+            format!(
+                "HTML over 5 MB: {} bytes dropped",
+                html.len() - limited.len()
+            ),
+            location,
+        );
+    }
+    let shallow = crate::prepass::limit_depth(limited, MAX_DOM_DEPTH - 12);
+    if shallow.dropped_bytes > 0 {
+        acc.removed(
+            FindingKind::Truncated,
+            &format!(
+                "content nested deeper than {MAX_DOM_DEPTH} elements dropped ({} bytes): {}",
+                shallow.dropped_bytes, shallow.dropped_text
+            ),
+            location,
+        );
+    }
+    let (doc, cut) = parse(&shallow.html, started + parse_budget);
+    if cut {
+        acc.note(
+            FindingKind::Truncated,
+            "parsing stopped at the time budget; the rest was dropped".to_string(),
+            location,
+        );
+    }
+    let sheet = collect_styles(&doc, location, acc);
+    let mut w = Walker {
+        doc: &doc,
+        sheet: &sheet,
+        acc,
+        text: TextBuf::with_capacity(shallow.html.len() / 4),
+        reply: TextBuf::with_capacity(shallow.html.len() / 4),
+        reply_cut: false,
+        links: Vec::new(),
+        hidden: None,
+        match_budget: MATCH_BUDGET,
+        budget_hit: false,
+        cand: Vec::new(),
+        ancestors: HashMap::default(),
+        key_stack: Vec::new(),
+        track_ancestors: sheet.needs_ancestors(),
+        style_cache: HashMap::default(),
+        class_buf: Vec::new(),
+        deadline: started + walk_budget,
+        depth_hit: false,
+    };
+    let stopped = w.walk();
+    w.flush_hidden();
+    if stopped {
+        w.acc.note(
+            FindingKind::Truncated,
+            "rendering stopped at the time budget; the rest was dropped".to_string(),
+            location,
+        );
+    }
+    if w.budget_hit {
+        w.acc.note(
+            FindingKind::Truncated,
+            "selector matching budget exhausted; later style rules were not applied".to_string(),
+            location,
+        );
+    }
+    let Walker {
+        text, reply, links, ..
+    } = w;
+    Rendered {
+        text: text.finish(),
+        reply: reply.finish(),
+        links,
+    }
+}
+
+/// Parses in chunks so a pathological document stops at the deadline instead of running on.
+fn parse(html: &str, deadline: Instant) -> (Html, bool) {
+    let mut parser =
+        html5ever::driver::parse_document(crate::sink::Sink::new(), Default::default());
+    let mut rest = html;
+    let mut cut = false;
+    while !rest.is_empty() {
+        let mut end = rest.len().min(CHUNK);
+        while end < rest.len() && !rest.is_char_boundary(end) {
+            end += 1;
+        }
+        parser.process(StrTendril::from_slice(&rest[..end]));
+        rest = &rest[end..];
+        if !rest.is_empty() && Instant::now() > deadline {
+            cut = true;
+            break;
+        }
+    }
+    (parser.finish(), cut)
+}
+
+/// Reads every `<style>` element (they apply wherever they are) into one indexed sheet.
+fn collect_styles(doc: &Html, location: &str, acc: &mut Collector) -> Sheet {
+    let mut sheet = Sheet::default();
+    let mut css_bytes = 0usize;
+    for node in doc.tree.nodes() {
+        let Some(el) = node.value().as_element() else {
+            continue;
+        };
+        if el.name() != "style" {
+            continue;
+        }
+        let mut css = String::new();
+        for child in node.children() {
+            if let Some(t) = child.value().as_text() {
+                css.push_str(t);
+            }
+        }
+        if css_bytes >= MAX_CSS_BYTES {
+            sheet.dropped += 1;
+            continue;
+        }
+        let css = truncate_bytes(&css, MAX_CSS_BYTES - css_bytes);
+        css_bytes += css.len();
+        // CSS comments and strings are invisible; only report them when they read like instructions.
+        if risk::scan(css).is_some() {
+            acc.removed(
+                FindingKind::NonRenderedElement,
+                css,
+                &format!("{location}:style"),
+            );
+        }
+        sheet.add_stylesheet(css);
+    }
+    for (selector, content) in &sheet.generated {
+        acc.removed(
+            FindingKind::CssGeneratedContent,
+            &format!("{selector} {{ content: \"{content}\" }}"),
+            "style",
+        );
+    }
+    if sheet.dropped > 0 {
+        acc.note(
+            FindingKind::Truncated,
+            format!(
+                "{} style rules over the cap of {} were ignored",
+                sheet.dropped,
+                css::MAX_RULES
+            ),
+            "style",
+        );
+    }
+    sheet
+}
+
+/// Inherited state of one element.
+#[derive(Debug, Clone, Copy)]
+struct Computed {
+    /// Hidden with no way back for descendants: cause and the element that hid it.
+    hidden: Option<(FindingKind, NodeId)>,
+    /// `visibility: hidden` (inherited, but a descendant may set it back to visible).
+    vis_hidden: Option<NodeId>,
+    opacity: f32,
+    font_px: f32,
+    font_src: NodeId,
+    color: Rgba,
+    fill: Option<Rgba>,
+    color_src: NodeId,
+    bg: Rgba,
+    bg_src: NodeId,
+    bg_unknown: bool,
+    low_contrast: bool,
+    text_indent: Len,
+    pre: bool,
+    /// Inside a quote container: left out of the reply text.
+    quote: bool,
+    /// A `<details>` without `open`: children other than `<summary>` are not rendered.
+    closed_details: bool,
+    /// Element depth, and the depths at which colour/background were last set.
+    depth: u32,
+    color_depth: u32,
+    bg_depth: u32,
+}
+
+/// Specified values for one element after the cascade.
+#[derive(Debug, Default)]
+struct Specified {
+    display: Option<DisplayKind>,
+    visibility: Option<bool>,
+    opacity: Option<f32>,
+    font_size: Option<Len>,
+    color: Option<ColorValue>,
+    fill: Option<ColorValue>,
+    bg: Option<Rgba>,
+    bg_image: Option<bool>,
+    position: Option<Position>,
+    left: Option<Len>,
+    top: Option<Len>,
+    right: Option<Len>,
+    margin_left: Option<Len>,
+    margin_top: Option<Len>,
+    text_indent: Option<Len>,
+    clip: Option<bool>,
+    clip_path: Option<bool>,
+    height: Option<Len>,
+    max_height: Option<Len>,
+    width: Option<Len>,
+    max_width: Option<Len>,
+    overflow_hidden: Option<bool>,
+    transform_zero: Option<bool>,
+    mso_hide: Option<bool>,
+    pre: Option<bool>,
+}
+
+impl Specified {
+    fn apply(&mut self, v: &Val) {
+        match v {
+            Val::Display(d) => self.display = Some(*d),
+            Val::Visibility(h) => self.visibility = Some(*h),
+            Val::Opacity(o) => self.opacity = Some(*o),
+            Val::FontSize(l) => self.font_size = Some(*l),
+            Val::Color(c) => self.color = Some(*c),
+            Val::TextFill(c) => self.fill = Some(*c),
+            Val::Background(c, img) => {
+                self.bg = Some(c.unwrap_or(Rgba::TRANSPARENT));
+                self.bg_image = Some(*img);
+            }
+            Val::BackgroundColor(c) => self.bg = Some(*c),
+            Val::BackgroundImage(i) => self.bg_image = Some(*i),
+            Val::Position(p) => self.position = Some(*p),
+            Val::Left(l) => self.left = Some(*l),
+            Val::Top(l) => self.top = Some(*l),
+            Val::Right(l) => self.right = Some(*l),
+            Val::MarginLeft(l) => self.margin_left = Some(*l),
+            Val::MarginTop(l) => self.margin_top = Some(*l),
+            Val::TextIndent(l) => self.text_indent = Some(*l),
+            Val::ClipZero(z) => self.clip = Some(*z),
+            Val::ClipPathZero(z) => self.clip_path = Some(*z),
+            Val::Height(l) => self.height = Some(*l),
+            Val::MaxHeight(l) => self.max_height = Some(*l),
+            Val::Width(l) => self.width = Some(*l),
+            Val::MaxWidth(l) => self.max_width = Some(*l),
+            Val::OverflowHidden(h) => self.overflow_hidden = Some(*h),
+            Val::TransformZero(z) => self.transform_zero = Some(*z),
+            Val::MsoHide(h) => self.mso_hide = Some(*h),
+            Val::WhiteSpacePre(p) => self.pre = Some(*p),
+            Val::Content(_) => {}
+        }
+    }
+}
+
+/// The attributes that matter, read in one pass (`Element::attr` interns the name on every call).
+#[derive(Default)]
+struct Attrs<'a> {
+    style: Option<&'a str>,
+    hidden: bool,
+    bgcolor: Option<&'a str>,
+    background: Option<&'a str>,
+    color: Option<&'a str>,
+    size: Option<&'a str>,
+    text: Option<&'a str>,
+    width: Option<&'a str>,
+    height: Option<&'a str>,
+    class: Option<&'a str>,
+    kind: Option<&'a str>,
+    open: bool,
+    href: Option<&'a str>,
+}
+
+impl<'a> Attrs<'a> {
+    fn read(el: &'a Element) -> Self {
+        let mut a = Attrs::default();
+        for (k, v) in el.attrs() {
+            match k {
+                "style" => a.style = Some(v),
+                "hidden" => a.hidden = true,
+                "bgcolor" => a.bgcolor = Some(v),
+                "background" => a.background = Some(v),
+                "color" => a.color = Some(v),
+                "size" => a.size = Some(v),
+                "text" => a.text = Some(v),
+                "width" => a.width = Some(v),
+                "height" => a.height = Some(v),
+                "class" => a.class = Some(v),
+                "type" => a.kind = Some(v),
+                "open" => a.open = true,
+                "href" => a.href = Some(v),
+                _ => {}
+            }
+        }
+        a
+    }
+}
+
+/// What to do when leaving an element.
+struct ExitInfo<'a> {
+    newlines: u8,
+    /// Start of the ancestor-filter keys this element pushed onto `Walker::key_stack`.
+    keys_from: u32,
+    /// Text offset where the link starts, whether the reply view saw it, and the target.
+    link: Option<(usize, bool, &'a str, NodeId)>,
+}
+
+enum Frame<'a> {
+    Enter(NodeId),
+    Exit(ExitInfo<'a>),
+}
+
+struct HiddenBuf {
+    kind: FindingKind,
+    anchor: NodeId,
+    text: String,
+}
+
+/// Fast, randomly seeded hasher for maps keyed by input-derived values.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Distinct inline `style` attributes whose parsed declarations are cached per document.
+const MAX_CACHED_STYLES: usize = 4096;
+
+struct Walker<'a> {
+    doc: &'a Html,
+    sheet: &'a Sheet,
+    acc: &'a mut Collector,
+    text: TextBuf,
+    reply: TextBuf,
+    reply_cut: bool,
+    links: Vec<Link>,
+    hidden: Option<HiddenBuf>,
+    match_budget: usize,
+    budget_hit: bool,
+    cand: Vec<usize>,
+    /// Counts of tag/class/id keys on the current ancestor chain (for the rule pre-filter).
+    ancestors: HashMap<u64, u32>,
+    /// Keys pushed by the open elements, in order (each `ExitInfo` remembers where its own start).
+    key_stack: Vec<u64>,
+    /// Whether any rule has ancestor requirements (otherwise `ancestors` is never consulted).
+    track_ancestors: bool,
+    /// Parsed inline `style` declarations by attribute text (newsletters repeat a few dozen).
+    style_cache: HashMap<&'a str, Rc<[Decl]>>,
+    /// Reused list of the current element's classes.
+    class_buf: Vec<&'a str>,
+    deadline: Instant,
+    depth_hit: bool,
+}
+
+fn is_block(name: &str) -> bool {
+    matches!(
+        name,
+        "address"
+            | "article"
+            | "aside"
+            | "blockquote"
+            | "center"
+            | "dd"
+            | "details"
+            | "dialog"
+            | "div"
+            | "dl"
+            | "dt"
+            | "fieldset"
+            | "figcaption"
+            | "figure"
+            | "footer"
+            | "form"
+            | "h1"
+            | "h2"
+            | "h3"
+            | "h4"
+            | "h5"
+            | "h6"
+            | "header"
+            | "hr"
+            | "li"
+            | "main"
+            | "nav"
+            | "ol"
+            | "p"
+            | "pre"
+            | "section"
+            | "summary"
+            | "table"
+            | "tbody"
+            | "thead"
+            | "tfoot"
+            | "tr"
+            | "ul"
+            | "caption"
+            | "body"
+            | "html"
+            | "menu"
+            | "listing"
+            | "plaintext"
+            | "xmp"
+            | "legend"
+            | "col"
+            | "colgroup"
+    )
+}
+
+/// Elements whose content a mail client does not render as text.
+fn is_non_rendered(name: &str) -> bool {
+    matches!(
+        name,
+        "head"
+            | "script"
+            | "template"
+            | "noscript"
+            | "title"
+            | "meta"
+            | "link"
+            | "base"
+            | "iframe"
+            | "object"
+            | "embed"
+            | "frame"
+            | "frameset"
+            | "noembed"
+            | "noframes"
+            | "datalist"
+            | "param"
+            | "source"
+            | "track"
+            | "audio"
+            | "video"
+            | "canvas"
+            | "desc"
+            | "xml"
+            | "applet"
+    )
+}
+
+fn paragraph_breaks(name: &str) -> u8 {
+    match name {
+        "p" | "h1" | "h2" | "h3" | "h4" | "h5" | "h6" | "blockquote" | "ul" | "ol" | "pre"
+        | "hr" | "dl" | "table" => 2,
+        n if is_block(n) => 1,
+        _ => 0,
+    }
+}
+
+fn has_class(classes: &[&str], needle: &str) -> bool {
+    classes.iter().any(|c| c.eq_ignore_ascii_case(needle))
+}
+
+/// Classes of an element (as a set: scraper's `Element::classes` sorts by interned atom and
+/// dedups, which only matters past the 16-class cap). Splitting the attribute avoids
+/// interning every class name; with more than 16 entries scraper's list is used as is.
+fn class_list<'e>(el: &'e Element, raw: Option<&'e str>, out: &mut Vec<&'e str>) {
+    out.clear();
+    let Some(raw) = raw else { return };
+    out.extend(raw.split_ascii_whitespace().take(17));
+    if out.len() > 16 {
+        out.clear();
+        out.extend(el.classes().take(16));
+    }
+}
+
+/// Gmail, Apple Mail, Thunderbird, Yahoo and Proton quote containers.
+fn is_quote_container(name: &str, a: &Attrs<'_>, classes: &[&str]) -> bool {
+    if name == "blockquote" && a.kind.is_some_and(|t| t.eq_ignore_ascii_case("cite")) {
+        return true;
+    }
+    classes.iter().any(|c| {
+        c.get(..11)
+            .is_some_and(|p| p.eq_ignore_ascii_case("gmail_quote"))
+            || [
+                "gmail_attr",
+                "moz-cite-prefix",
+                "yahoo_quoted",
+                "protonmail_quote",
+                "zmail_extra",
+                "ms-outlook-mobile-reference-message",
+            ]
+            .iter()
+            .any(|q| c.eq_ignore_ascii_case(q))
+    })
+}
+
+/// Outlook markers after which everything is quoted history.
+fn is_history_start(el: &Element, classes: &[&str]) -> bool {
+    el.id().is_some_and(|id| {
+        id.get(..13)
+            .is_some_and(|p| p.eq_ignore_ascii_case("divrplyfwdmsg"))
+            || id.eq_ignore_ascii_case("appendonsend")
+            || id.eq_ignore_ascii_case("mail-editor-reference-message-container")
+            || id.eq_ignore_ascii_case("x_divrplyfwdmsg")
+    }) || has_class(classes, "OutlookMessageHeader")
+}
+
+fn attr_is_zero(v: &str) -> bool {
+    let v = v.trim().trim_end_matches("px").trim_end_matches('%').trim();
+    v.parse::<f32>().is_ok_and(|n| n <= 0.0)
+}
+
+/// Legacy `<font size=1..7>` in px.
+fn font_attr_px(v: &str) -> Option<f32> {
+    let digits: String = v.trim().chars().filter(|c| c.is_ascii_digit()).collect();
+    let n: i32 = digits.parse().ok()?;
+    let n = if v.trim().starts_with('+') {
+        3 + n
+    } else if v.trim().starts_with('-') {
+        3 - n
+    } else {
+        n
+    };
+    Some(match n.clamp(1, 7) {
+        1 => 10.0,
+        2 => 13.0,
+        3 => 16.0,
+        4 => 18.0,
+        5 => 24.0,
+        6 => 32.0,
+        _ => 48.0,
+    })
+}
+
+impl<'a> Walker<'a> {
+    /// Walks the whole document; returns true if it stopped at the deadline.
+    fn walk(&mut self) -> bool {
+        let root = self.doc.tree.root();
+        let root_style = Computed {
+            hidden: None,
+            vis_hidden: None,
+            opacity: 1.0,
+            font_px: 16.0,
+            font_src: root.id(),
+            color: Rgba::BLACK,
+            fill: None,
+            color_src: root.id(),
+            bg: Rgba::WHITE,
+            bg_src: root.id(),
+            bg_unknown: false,
+            low_contrast: false,
+            text_indent: Len::Px(0.0),
+            pre: false,
+            quote: false,
+            closed_details: false,
+            depth: 0,
+            color_depth: 0,
+            bg_depth: 0,
+        };
+        let mut styles: Vec<Computed> = vec![root_style];
+        let mut stack: Vec<Frame> = Vec::with_capacity(256);
+        for child in root.children().rev() {
+            stack.push(Frame::Enter(child.id()));
+        }
+        let mut steps = 0u32;
+        while let Some(frame) = stack.pop() {
+            steps = steps.wrapping_add(1);
+            if steps.is_multiple_of(512) && Instant::now() > self.deadline {
+                return true;
+            }
+            let id = match frame {
+                Frame::Exit(info) => {
+                    self.exit(info);
+                    styles.pop();
+                    continue;
+                }
+                Frame::Enter(id) => id,
+            };
+            let doc = self.doc;
+            let Some(node) = doc.tree.get(id) else {
+                continue;
+            };
+            let parent = styles.last().unwrap_or(&root_style);
+            match node.value() {
+                Node::Text(t) => self.on_text(&t.text, parent, node.parent().map(|p| p.id())),
+                Node::Comment(c) => self.on_comment(&c.comment, node.parent().map(|p| p.id())),
+                Node::Element(el) => {
+                    if styles.len() > MAX_DOM_DEPTH {
+                        if !self.depth_hit {
+                            self.depth_hit = true;
+                            self.acc.note(
+                                FindingKind::Truncated,
+                                format!("elements nested deeper than {MAX_DOM_DEPTH} dropped"),
+                                &self.path(id),
+                            );
+                        }
+                        continue;
+                    }
+                    let Some(elref) = ElementRef::wrap(node) else {
+                        continue;
+                    };
+                    let (computed, info) = self.enter(id, el, elref, parent);
+                    styles.push(computed);
+                    stack.push(Frame::Exit(info));
+                    if el.name() == "style" {
+                        continue; // already read into the sheet
+                    }
+                    for child in node.children().rev() {
+                        stack.push(Frame::Enter(child.id()));
+                    }
+                }
+                Node::Document | Node::Fragment => {
+                    for child in node.children().rev() {
+                        stack.push(Frame::Enter(child.id()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        false
+    }
+
+    fn reply_active(&self, st: &Computed) -> bool {
+        !self.reply_cut && !st.quote
+    }
+
+    fn enter(
+        &mut self,
+        id: NodeId,
+        el: &'a Element,
+        elref: ElementRef<'_>,
+        parent: &Computed,
+    ) -> (Computed, ExitInfo<'a>) {
+        let name = el.name();
+        let attrs = Attrs::read(el);
+        let mut classes = std::mem::take(&mut self.class_buf);
+        class_list(el, attrs.class, &mut classes);
+        let spec = self.cascade(el, &attrs, &classes, elref, name);
+        let mut c = *parent;
+        c.closed_details = false;
+        c.depth = parent.depth.saturating_add(1);
+
+        // Text colour and background first: contrast needs both.
+        let mut colour_changed = false;
+        match spec.color {
+            Some(ColorValue::Rgba(rgba)) => {
+                c.color = rgba;
+                c.color_src = id;
+                c.color_depth = c.depth;
+                colour_changed = true;
+            }
+            Some(ColorValue::CurrentColor) | Some(ColorValue::Inherit) | None => {}
+        }
+        if let Some(fill) = spec.fill {
+            c.fill = match fill {
+                ColorValue::Rgba(r) => Some(r),
+                ColorValue::CurrentColor => None,
+                ColorValue::Inherit => parent.fill,
+            };
+            c.color_src = id;
+            c.color_depth = c.depth;
+            colour_changed = true;
+        }
+        if let Some(bg) = spec.bg
+            && bg.a > 0.0
+        {
+            c.bg = bg.over(parent.bg);
+            c.bg_src = id;
+            c.bg_depth = c.depth;
+            c.bg_unknown = false;
+            colour_changed = true;
+        } else if spec.bg_image == Some(true) {
+            // An image behind the text: its colour is unknown, so contrast cannot be judged.
+            c.bg_unknown = true;
+        }
+        if let Some(o) = spec.opacity {
+            c.opacity = parent.opacity * o;
+            colour_changed = true;
+        }
+        if colour_changed {
+            let paint = c.fill.unwrap_or(c.color);
+            let paint = Rgba {
+                a: paint.a * c.opacity,
+                ..paint
+            };
+            c.low_contrast = paint.a < 0.1 || contrast(paint, c.bg) < MIN_CONTRAST;
+        }
+        if let Some(fs) = spec.font_size
+            && let Some(px) = fs.px(parent.font_px, parent.font_px)
+        {
+            c.font_px = px.max(0.0);
+            c.font_src = id;
+        }
+        match spec.visibility {
+            Some(true) => c.vis_hidden = Some(id),
+            Some(false) => c.vis_hidden = None,
+            None => {}
+        }
+        if let Some(p) = spec.pre {
+            c.pre = p;
+        } else if matches!(name, "pre" | "textarea" | "listing" | "plaintext" | "xmp") {
+            c.pre = true;
+        }
+        if let Some(ti) = spec.text_indent {
+            c.text_indent = ti;
+        }
+        if is_quote_container(name, &attrs, &classes) {
+            c.quote = true;
+        }
+        if is_history_start(el, &classes) {
+            self.reply_cut = true;
+        }
+
+        let display = spec.display.unwrap_or(if is_block(name) {
+            DisplayKind::Block
+        } else if matches!(name, "td" | "th" | "img" | "button") {
+            DisplayKind::InlineBlock
+        } else {
+            DisplayKind::Inline
+        });
+        if c.hidden.is_none() {
+            c.hidden = self
+                .hiding_cause(&attrs, name, &spec, display, parent, &c)
+                .map(|k| (k, id));
+        }
+        if name == "details" && !attrs.open {
+            c.closed_details = true;
+        }
+
+        if c.hidden.is_none() {
+            self.check_attributes(el, name, id);
+        }
+
+        let visible = c.hidden.is_none();
+        let mut info = ExitInfo {
+            newlines: 0,
+            keys_from: self.key_stack.len() as u32,
+            link: None,
+        };
+        if self.track_ancestors {
+            let from = self.key_stack.len();
+            self.key_stack.push(css::key_hash(b't', name));
+            if let Some(i) = el.id() {
+                self.key_stack.push(css::key_hash(b'i', i));
+            }
+            for c in &classes {
+                self.key_stack.push(css::key_hash(b'c', c));
+            }
+            for k in &self.key_stack[from..] {
+                *self.ancestors.entry(*k).or_insert(0) += 1;
+            }
+        }
+        if visible {
+            let reply = self.reply_active(&c);
+            let n = paragraph_breaks(name);
+            if n > 0 || display == DisplayKind::Block {
+                let n = n.max(1);
+                self.text.newline(n);
+                if reply {
+                    self.reply.newline(n);
+                }
+                info.newlines = n;
+            }
+            match name {
+                "br" => {
+                    self.text.br();
+                    if reply {
+                        self.reply.br();
+                    }
+                }
+                "li" => {
+                    self.text.marker("- ");
+                    if reply {
+                        self.reply.marker("- ");
+                    }
+                }
+                "td" | "th" => {
+                    self.text.space();
+                    if reply {
+                        self.reply.space();
+                    }
+                }
+                "a" => {
+                    if let Some(href) = attrs.href {
+                        info.link = Some((
+                            self.text.len(),
+                            reply,
+                            truncate_bytes(href.trim(), 4096),
+                            id,
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.class_buf = classes;
+        (c, info)
+    }
+
+    /// The reason this element hides its subtree, if any.
+    fn hiding_cause(
+        &self,
+        el: &Attrs<'_>,
+        name: &str,
+        spec: &Specified,
+        display: DisplayKind,
+        parent: &Computed,
+        c: &Computed,
+    ) -> Option<FindingKind> {
+        if parent.closed_details && name != "summary" {
+            return Some(FindingKind::NonRenderedElement);
+        }
+        if is_non_rendered(name)
+            || (name == "dialog" && !el.open)
+            || (name == "input" && el.kind.is_some_and(|t| t.eq_ignore_ascii_case("hidden")))
+        {
+            return Some(FindingKind::NonRenderedElement);
+        }
+        if display == DisplayKind::None || spec.mso_hide == Some(true) {
+            return Some(FindingKind::HiddenCss);
+        }
+        if c.opacity < 0.05 {
+            return Some(FindingKind::HiddenCss);
+        }
+        let font = c.font_px;
+        let px = |l: Option<Len>, base: f32| l.and_then(|l| l.px(font, base));
+        let positioned = matches!(
+            spec.position,
+            Some(Position::Absolute | Position::Fixed | Position::Relative)
+        );
+        if positioned {
+            let far = |v: Option<f32>| v.is_some_and(|v| v <= -OFFSCREEN_PX);
+            if far(px(spec.left, 1024.0))
+                || far(px(spec.top, 768.0))
+                || far(px(spec.right, 1024.0))
+                || px(spec.left, 1024.0).is_some_and(|v| v >= 5000.0)
+            {
+                return Some(FindingKind::Offscreen);
+            }
+        }
+        let far_margin = |v: Option<f32>| v.is_some_and(|v| v <= -OFFSCREEN_PX * 2.0);
+        if far_margin(px(spec.margin_left, 1024.0)) || far_margin(px(spec.margin_top, 768.0)) {
+            return Some(FindingKind::Offscreen);
+        }
+        if display != DisplayKind::Inline
+            && c.text_indent
+                .px(font, 1024.0)
+                .is_some_and(|v| v <= -OFFSCREEN_PX || v >= 5000.0)
+        {
+            return Some(FindingKind::Offscreen);
+        }
+        if spec.clip_path == Some(true) {
+            return Some(FindingKind::Clipped);
+        }
+        if spec.clip == Some(true)
+            && matches!(spec.position, Some(Position::Absolute | Position::Fixed))
+        {
+            return Some(FindingKind::Clipped);
+        }
+        let sized = display != DisplayKind::Inline
+            || matches!(spec.position, Some(Position::Absolute | Position::Fixed));
+        if sized && spec.transform_zero == Some(true) {
+            return Some(FindingKind::Clipped);
+        }
+        if sized && spec.overflow_hidden == Some(true) {
+            let tiny = |v: Option<f32>| v.is_some_and(|v| v <= 1.0);
+            if tiny(px(spec.height, f32::NAN))
+                || tiny(px(spec.max_height, f32::NAN))
+                || tiny(px(spec.width, f32::NAN))
+                || tiny(px(spec.max_width, f32::NAN))
+            {
+                return Some(FindingKind::ZeroSize);
+            }
+        }
+        if !matches!(name, "img" | "hr" | "col" | "colgroup" | "video" | "canvas")
+            && (el.width.is_some_and(attr_is_zero) || el.height.is_some_and(attr_is_zero))
+        {
+            return Some(FindingKind::ZeroSize);
+        }
+        None
+    }
+
+    /// Parsed declarations of an inline `style` attribute, cached by its text.
+    fn inline_style(&mut self, s: &'a str) -> Rc<[Decl]> {
+        if let Some(d) = self.style_cache.get(s) {
+            return Rc::clone(d);
+        }
+        let decls: Rc<[Decl]> = css::parse_declarations(truncate_bytes(s, MAX_STYLE_ATTR)).into();
+        if self.style_cache.len() < MAX_CACHED_STYLES {
+            self.style_cache.insert(s, Rc::clone(&decls));
+        }
+        decls
+    }
+
+    /// Presentational attributes, `<style>` rules and the inline `style`, in cascade order.
+    fn cascade(
+        &mut self,
+        el: &Element,
+        a: &Attrs<'a>,
+        classes: &[&str],
+        elref: ElementRef<'_>,
+        name: &str,
+    ) -> Specified {
+        let mut spec = Specified::default();
+        // Presentational hints sit below every author rule.
+        if a.hidden {
+            spec.display = Some(DisplayKind::None);
+        }
+        if let Some(bg) = a.bgcolor.and_then(parse_attr_color) {
+            spec.bg = Some(bg);
+        }
+        if a.background.is_some_and(|b| !b.trim().is_empty()) {
+            spec.bg_image = Some(true);
+        }
+        match name {
+            "font" => {
+                if let Some(c) = a.color.and_then(parse_attr_color) {
+                    spec.color = Some(ColorValue::Rgba(c));
+                }
+                if let Some(px) = a.size.and_then(font_attr_px) {
+                    spec.font_size = Some(Len::Px(px));
+                }
+            }
+            "body" => {
+                if let Some(c) = a.text.and_then(parse_attr_color) {
+                    spec.color = Some(ColorValue::Rgba(c));
+                }
+            }
+            _ => {}
+        }
+
+        let inline = a.style.map(|s| self.inline_style(s));
+        let mut matched: Vec<(u32, u32, usize)> = Vec::new();
+        if !self.sheet.is_empty() {
+            let mut cand = std::mem::take(&mut self.cand);
+            self.sheet.candidates(name, el.id(), classes, &mut cand);
+            let mut tried = 0;
+            for &ri in cand.iter() {
+                if tried >= MAX_CANDIDATES {
+                    break;
+                }
+                if self.match_budget == 0 {
+                    self.budget_hit = true;
+                    break;
+                }
+                self.match_budget -= 1;
+                let Some(rule) = self.sheet.rules.get(ri) else {
+                    continue;
+                };
+                if rule
+                    .ancestors
+                    .iter()
+                    .any(|k| !self.ancestors.contains_key(k))
+                {
+                    self.match_budget += 1; // rejected without running the matcher
+                    continue;
+                }
+                tried += 1;
+                if rule.selector.matches(&elref) {
+                    matched.push((rule.specificity, rule.order, rule.block));
+                }
+            }
+            self.cand = cand;
+            matched.sort_unstable();
+        }
+        for important in [false, true] {
+            for &(_, _, block) in &matched {
+                if let Some(decls) = self.sheet.blocks.get(block) {
+                    for d in decls.iter().filter(|d| d.important == important) {
+                        spec.apply(&d.val);
+                    }
+                }
+            }
+            if let Some(decls) = &inline {
+                for d in decls.iter().filter(|d| d.important == important) {
+                    spec.apply(&d.val);
+                }
+            }
+        }
+        spec
+    }
+
+    /// `alt`/`title`/`aria-*` text is not rendered; report it when long or instruction-like.
+    fn check_attributes(&mut self, el: &Element, name: &str, id: NodeId) {
+        for (attr, value) in el.attrs() {
+            let relevant = matches!(
+                attr,
+                "alt"
+                    | "title"
+                    | "aria-label"
+                    | "aria-description"
+                    | "aria-roledescription"
+                    | "placeholder"
+                    | "summary"
+            ) || (name == "meta" && attr == "content")
+                || (attr.starts_with("data-") && value.len() >= 20);
+            if !relevant {
+                continue;
+            }
+            let value = truncate_bytes(value, 64 * 1024);
+            if value.trim().is_empty() {
+                continue;
+            }
+            if value.len() >= 80 || risk::scan(value).is_some() {
+                let loc = self.path(id);
+                self.acc.removed(
+                    FindingKind::NonRenderedAttribute,
+                    &format!("{attr}=\"{value}\""),
+                    &loc,
+                );
+            }
+        }
+    }
+
+    fn exit(&mut self, info: ExitInfo<'a>) {
+        let from = (info.keys_from as usize).min(self.key_stack.len());
+        for k in &self.key_stack[from..] {
+            if let Some(n) = self.ancestors.get_mut(k) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.ancestors.remove(k);
+                }
+            }
+        }
+        self.key_stack.truncate(from);
+        if let Some((start, in_reply, href, id)) = info.link {
+            self.finish_link(start, in_reply, href, id);
+        }
+        if info.newlines > 0 {
+            self.text.newline(info.newlines);
+            self.reply.newline(info.newlines);
+        }
+    }
+
+    fn finish_link(&mut self, start: usize, in_reply: bool, href: &str, id: NodeId) {
+        let shown = self.text.out.get(start..).unwrap_or("").trim();
+        if shown.is_empty() || href.is_empty() || href.starts_with('#') {
+            return;
+        }
+        let shown = truncate_bytes(shown, 1000).to_string();
+        let doc = self.doc;
+        let mismatch = links::check_link(&shown, href, || path_of(doc, id), self.acc);
+        let showable = ["http://", "https://", "mailto:", "tel:", "ftp://"]
+            .iter()
+            .any(|s| links::starts_with_ci(href, s));
+        if showable && !same_url(&shown, href) {
+            let marker = format!("<{href}>");
+            self.text.space();
+            self.text.marker(&marker);
+            if in_reply && !self.reply_cut {
+                self.reply.space();
+                self.reply.marker(&marker);
+            }
+        }
+        if self.links.len() < 1000 {
+            self.links.push(Link {
+                text: shown,
+                href: href.to_string(),
+                mismatch,
+            });
+        }
+    }
+
+    fn hidden_reason(&self, st: &Computed) -> Option<(FindingKind, NodeId)> {
+        if let Some(h) = st.hidden {
+            return Some(h);
+        }
+        if let Some(src) = st.vis_hidden {
+            return Some((FindingKind::HiddenCss, src));
+        }
+        if st.font_px < MIN_FONT_PX {
+            return Some((FindingKind::TinyText, st.font_src));
+        }
+        if st.low_contrast && !st.bg_unknown {
+            // Anchor on whichever of colour/background was set deeper (later in the tree).
+            let anchor = if st.color_depth >= st.bg_depth {
+                st.color_src
+            } else {
+                st.bg_src
+            };
+            return Some((FindingKind::LowContrast, anchor));
+        }
+        None
+    }
+
+    fn on_text(&mut self, text: &str, st: &Computed, parent: Option<NodeId>) {
+        let st = if st.closed_details {
+            Computed {
+                hidden: Some((
+                    FindingKind::NonRenderedElement,
+                    parent.unwrap_or(st.font_src),
+                )),
+                ..*st
+            }
+        } else {
+            *st
+        };
+        if let Some((kind, anchor)) = self.hidden_reason(&st) {
+            if text.trim().is_empty() {
+                return;
+            }
+            match &mut self.hidden {
+                Some(h) if h.anchor == anchor && h.kind == kind => {
+                    if h.text.len() < 64 * 1024 {
+                        h.text.push(' ');
+                        h.text.push_str(truncate_bytes(text, 64 * 1024));
+                    }
+                }
+                _ => {
+                    self.flush_hidden();
+                    self.hidden = Some(HiddenBuf {
+                        kind,
+                        anchor,
+                        text: truncate_bytes(text, 64 * 1024).to_string(),
+                    });
+                }
+            }
+            return;
+        }
+        if !text.trim().is_empty() {
+            self.flush_hidden();
+        }
+        let cleaned = if unicode::needs_cleaning(text) {
+            let loc = parent.map(|p| self.path(p)).unwrap_or_default();
+            unicode::clean(text, &loc, self.acc)
+        } else {
+            std::borrow::Cow::Borrowed(text)
+        };
+        self.text.text(&cleaned, st.pre);
+        if self.reply_active(&st) {
+            self.reply.text(&cleaned, st.pre);
+        }
+    }
+
+    fn on_comment(&mut self, comment: &str, parent: Option<NodeId>) {
+        let body = comment.trim();
+        if body.is_empty() {
+            return;
+        }
+        let conditional =
+            body.starts_with("[if") || body.contains("<![endif]") || body.starts_with("[endif");
+        let mut text = String::new();
+        crate::prepass::strip_tags_into(body, &mut text, 64 * 1024);
+        let text = text.trim();
+        let text = if conditional {
+            text.trim_start_matches(|c: char| c != ']')
+                .trim_start_matches(']')
+                .trim_end_matches("<![endif]")
+                .trim()
+        } else {
+            text
+        };
+        if text.is_empty() || (conditional && !text.chars().any(char::is_alphabetic)) {
+            return;
+        }
+        let kind = if conditional {
+            FindingKind::ConditionalComment
+        } else {
+            FindingKind::Comment
+        };
+        let loc = parent.map(|p| self.path(p)).unwrap_or_default();
+        self.acc.removed(kind, text, &loc);
+    }
+
+    fn flush_hidden(&mut self) {
+        if let Some(h) = self.hidden.take() {
+            let loc = self.path(h.anchor);
+            self.acc.removed(h.kind, h.text.trim(), &loc);
+        }
+    }
+
+    /// A short CSS-like path to an element, e.g. `body>div.preheader>span`.
+    fn path(&self, id: NodeId) -> String {
+        path_of(self.doc, id)
+    }
+}
+
+/// A short CSS-like path to an element, e.g. `body>div.preheader>span`.
+fn path_of(doc: &Html, id: NodeId) -> String {
+    let mut parts = Vec::new();
+    let mut cur = doc.tree.get(id);
+    while let Some(node) = cur {
+        if parts.len() >= 4 {
+            parts.push("…".to_string());
+            break;
+        }
+        if let Some(el) = node.value().as_element() {
+            let name = el.name();
+            if name == "html" {
+                break;
+            }
+            let mut s = name.to_string();
+            if let Some(i) = el.id() {
+                s.push('#');
+                s.push_str(truncate_bytes(i, 32));
+            } else if let Some(c) = el.classes().next() {
+                s.push('.');
+                s.push_str(truncate_bytes(c, 32));
+            }
+            parts.push(s);
+        }
+        cur = node.parent();
+    }
+    parts.reverse();
+    if parts.is_empty() {
+        "document".to_string()
+    } else {
+        parts.join(">")
+    }
+}
+
+/// True when the link text already shows the target.
+fn same_url(shown: &str, href: &str) -> bool {
+    if !shown.contains(['.', ':', '@']) {
+        return false;
+    }
+    // ASCII lowercasing keeps byte positions, so stripping the lowercase prefixes from the
+    // lowercased text is stripping them ASCII case-insensitively from the original.
+    fn strip_all<'s>(mut s: &'s str, prefix: &str) -> &'s str {
+        while links::starts_with_ci(s, prefix) {
+            s = s.get(prefix.len()..).unwrap_or("");
+        }
+        s
+    }
+    fn norm(s: &str) -> &str {
+        let mut s = s.trim();
+        for p in ["https://", "http://", "mailto:", "tel:", "www."] {
+            s = strip_all(s, p);
+        }
+        s.trim_end_matches('/')
+    }
+    norm(shown).eq_ignore_ascii_case(norm(href))
+}
