@@ -2,11 +2,13 @@
 //! PostgreSQL: spam expires after 7 days, inbox (and trash) after 30,
 //! counted from when the message entered its folder; archive is kept; the
 //! sweeper removes blobs nothing references, including crash leftovers.
+//! Also: mail that fails DMARC under a reject/quarantine policy is filed in
+//! spam and reported as `message.quarantined`.
 
 use agentpost_core::clock::ManualClock;
 use agentpost_core::{
-    CoreConfig, Ctx, InboundDelivery, Ingest, MessagePatch, MessageQuery, NewAgent, Service,
-    StoreLocation,
+    CoreConfig, Ctx, EventQuery, InboundDelivery, Ingest, MessagePatch, MessageQuery, NewAgent,
+    Service, StoreLocation,
 };
 use std::process::Command;
 use std::sync::Arc;
@@ -201,4 +203,67 @@ async fn sqlite() {
 async fn postgres() {
     let db = PgDb::new();
     retention_expires_by_folder(StoreLocation::Postgres(db.url()), None).await;
+}
+
+async fn dmarc_failure_is_quarantined(location: StoreLocation) {
+    let clock = ManualClock::new(1_767_225_600_000_000);
+    let svc = Arc::new(
+        Service::open(&location, CoreConfig::default(), clock)
+            .await
+            .expect("open"),
+    );
+    svc.bootstrap("agents.localhost", None)
+        .await
+        .expect("bootstrap");
+    let ctx = Ctx::system("test");
+    svc.create_agent(
+        &ctx,
+        NewAgent {
+            local_part: Some("keeper".into()),
+            sponsor: Some("owner@example.com".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("agent");
+    let ingest = Ingest::start(svc.clone());
+    let mut forged = delivery("forged bank notice");
+    forged.dmarc = "fail".into();
+    forged.dmarc_policy = Some("reject".into());
+    ingest.deliver(forged).await.expect("deliver");
+    ingest.deliver(delivery("ordinary")).await.expect("deliver");
+    let events = svc
+        .list_events(&ctx, &EventQuery::default())
+        .await
+        .expect("events");
+    let mail: Vec<(String, String)> = events
+        .data
+        .iter()
+        .filter(|e| e.kind.starts_with("message."))
+        .map(|e| {
+            (
+                e.kind.clone(),
+                e.data["folder"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        mail,
+        vec![
+            ("message.quarantined".to_string(), "spam".to_string()),
+            ("message.received".to_string(), "inbox".to_string())
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quarantine_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    dmarc_failure_is_quarantined(StoreLocation::DataDir(dir.path().join("data"))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quarantine_postgres() {
+    let db = PgDb::new();
+    dmarc_failure_is_quarantined(StoreLocation::Postgres(db.url())).await;
 }

@@ -454,8 +454,13 @@ impl Service {
                 "size_bytes": size,
                 "raw_path": format!("/v1/agents/{}/messages/{id}?view=raw", r.agent_id),
             });
-            self.record(tx, &entry, Some(("message.received", event)))
-                .await?;
+            // Mail filed straight to spam is reported as quarantined.
+            let kind = if spam {
+                "message.quarantined"
+            } else {
+                "message.received"
+            };
+            self.record(tx, &entry, Some((kind, event))).await?;
         }
         Ok(Ok(id))
     }
