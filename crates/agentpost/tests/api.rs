@@ -280,9 +280,19 @@ async fn provisioning(backend: Backend) {
         "/v1/audit/verify",
         "/v3/connect/custom",
         "/v3/grants/{id}",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+        "/docs",
     ] {
         assert!(doc["paths"][path].is_object(), "openapi lacks {path}");
     }
+    assert_eq!(
+        doc["paths"]["/healthz"]["get"]["security"],
+        json!([{}]),
+        "operational routes need no credential"
+    );
     let docs = http
         .get(format!("{}/docs", s.base))
         .send()

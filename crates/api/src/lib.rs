@@ -9,7 +9,6 @@ pub mod routes;
 use agentpost_core::Service;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use routes::{admin, agents, events, messages, nylas, system, webhooks};
 use std::sync::Arc;
@@ -100,13 +99,27 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(nylas::get_grant, nylas::delete_grant))
 }
 
+/// Operational routes: no credential.
+fn system_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(system::healthz))
+        .routes(routes!(system::readyz))
+        .routes(routes!(system::metrics))
+        .routes(routes!(system::openapi_json))
+        .routes(routes!(system::docs))
+}
+
 /// The OpenAPI document alone (for `agentpost openapi` and tests).
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_routes().split_for_parts().1
+    let mut doc = api_routes().split_for_parts().1;
+    doc.merge(system_routes().split_for_parts().1);
+    doc
 }
 
 pub fn router(svc: Arc<Service>, metrics: Option<PrometheusHandle>) -> Router {
-    let (api, doc) = api_routes().split_for_parts();
+    let (api, mut doc) = api_routes().split_for_parts();
+    let (system, system_doc) = system_routes().split_for_parts();
+    doc.merge(system_doc);
     let state = AppState {
         svc,
         metrics,
@@ -124,11 +137,7 @@ pub fn router(svc: Arc<Service>, metrics: Option<PrometheusHandle>) -> Router {
             middleware::authenticate,
         ));
     Router::new()
-        .route("/healthz", get(system::healthz))
-        .route("/readyz", get(system::readyz))
-        .route("/metrics", get(system::metrics))
-        .route("/openapi.json", get(system::openapi_json))
-        .route("/docs", get(system::docs))
+        .merge(system)
         .merge(api)
         .fallback(|| async {
             problem::problem_response(

@@ -6,10 +6,14 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()), responses((status = 200, content_type = "text/plain", body = String)))]
 pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// Readiness: the database answers.
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()), responses((status = 200, content_type = "text/plain", body = String), (status = 503, content_type = "text/plain", body = String)))]
 pub async fn readyz(State(s): State<AppState>) -> Response {
     match s.svc.ready().await {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
@@ -20,11 +24,15 @@ pub async fn readyz(State(s): State<AppState>) -> Response {
     }
 }
 
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(()), responses((status = 200, content_type = "text/plain; version=0.0.4", body = String)))]
 pub async fn metrics(State(s): State<AppState>) -> Response {
     let body = s.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
+/// This OpenAPI document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", security(()), responses((status = 200, content_type = "application/json", body = Object)))]
 pub async fn openapi_json(State(s): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
@@ -33,6 +41,8 @@ pub async fn openapi_json(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
+/// The API reference page, rendered from this document.
+#[utoipa::path(get, path = "/docs", tag = "operations", security(()), responses((status = 200, content_type = "text/html", body = String)))]
 pub async fn docs(State(s): State<AppState>) -> Html<String> {
     Html(s.docs_html.as_ref().clone())
 }
