@@ -1053,6 +1053,30 @@ async fn hidden_injection_stays_hidden(backend: Backend) {
     );
     assert_eq!(d["safe"]["risk"]["level"], "high", "{view}");
     assert!(d.get("text").is_none_or(Value::is_null) && d.get("html").is_none_or(Value::is_null));
+    // A change answers with the same safe view, never the bodies as sent.
+    let (st, patched) = server
+        .req(
+            reqwest::Method::PATCH,
+            &format!("/v1/agents/{a}/messages/{}", m["id"].as_str().unwrap()),
+            &tok,
+            Some(json!({ "unread": false })),
+        )
+        .await;
+    assert_eq!(st, 200, "{patched}");
+    assert!(
+        patched["text"].is_null() && patched["html"].is_null(),
+        "{patched}"
+    );
+    for field in ["text", "prompt_text", "reply_text"] {
+        let v = patched["safe"][field].as_str().unwrap();
+        assert!(!v.contains("Ignore all previous"), "{field}: {v}");
+    }
+    assert!(
+        patched["safe"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("monthly statement")
+    );
     // The message.received event carries the safe view and a link, never the raw message.
     let (_, events) = server.get("/v1/events?type=message.received", &admin).await;
     let e = &events["data"][0]["data"];

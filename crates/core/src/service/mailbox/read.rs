@@ -51,6 +51,17 @@ pub struct ThreadQuery {
     pub limit: Option<u32>,
 }
 
+/// How much of a message `detail_of` reads back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DetailView {
+    /// Stored metadata only.
+    Meta,
+    /// Plus the model-safe view (what agents read by default).
+    Safe,
+    /// Plus the bodies as sent (scope `mail.read_raw`).
+    Parsed,
+}
+
 /// A message as listed.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct MessageSummary {
@@ -437,13 +448,14 @@ impl Service {
         &self,
         agent: &Agent,
         message_id: &str,
-        with_bodies: bool,
+        view: DetailView,
     ) -> Result<MessageDetail> {
         let row = self.entry_row(agent, message_id).await?;
         let mut summary = summary_from_row(&row)?;
         self.fill_labels(&agent.id.0, std::slice::from_mut(&mut summary))
             .await?;
-        let (text, html, safe) = if with_bodies {
+        let (text, html, safe) = if view != DetailView::Meta {
+            let parsed = view == DetailView::Parsed;
             let raw = self.blob_of(&row).await?;
             let provenance = agentpost_safety::Provenance {
                 sender: summary.from.first().and_then(|a| a.address.clone()),
@@ -456,11 +468,13 @@ impl Service {
                 let codes = agentpost_safety::extract_codes(&view.text);
                 let mut safe = serde_json::to_value(&view).unwrap_or_default();
                 safe["codes"] = serde_json::to_value(&codes).unwrap_or_default();
-                (parse::bodies(&raw), safe)
+                // The bodies as sent only when asked for (they are untrusted).
+                (parsed.then(|| parse::bodies(&raw)), safe)
             })
             .await
             .map_err(|e| Error::Internal(format!("parser: {e}")))?;
-            (b.text, b.html, Some(safe))
+            let (text, html) = b.map_or((None, None), |b| (b.text, b.html));
+            (text, html, Some(safe))
         } else {
             (None, None, None)
         };
@@ -502,11 +516,12 @@ impl Service {
         let agent = self
             .mailbox_access(ctx, agent_id, scope, "message.read")
             .await?;
-        let mut detail = self.detail_of(&agent, message_id, true).await?;
-        if !parsed {
-            detail.text = None;
-            detail.html = None;
-        }
+        let view = if parsed {
+            DetailView::Parsed
+        } else {
+            DetailView::Safe
+        };
+        let detail = self.detail_of(&agent, message_id, view).await?;
         self.audit_admin_read(
             ctx,
             &agent,

@@ -10,6 +10,7 @@
 //! never take a blob from a message that is being committed.
 
 use super::Service;
+use super::read::DetailView;
 use crate::audit::{Actor, NewEntry};
 use crate::error::Result;
 use crate::ids::AgentId;
@@ -289,7 +290,7 @@ impl Service {
                 .await?;
         let mut out = Vec::with_capacity(ids.len());
         for (i, (id, _)) in ids.iter().enumerate() {
-            let detail = self.detail_of(agent, id, false).await?;
+            let detail = self.detail_of(agent, id, DetailView::Meta).await?;
             let hash: (String,) = sqlx::query_as("SELECT blob_hash FROM messages WHERE id = $1")
                 .bind(id)
                 .fetch_one(&self.db.pool)

@@ -4,7 +4,7 @@
 //! no separate scope exists for it yet. Every change is audited with an
 //! event, in the same transaction.
 
-use super::read::check_folder;
+use super::read::{DetailView, check_folder};
 use super::{SYSTEM_FOLDERS, Service};
 use crate::error::{Error, Result};
 use crate::service::{Agent, Ctx, clean_text};
@@ -86,7 +86,7 @@ impl Service {
             .map(|l| parse_labels("remove_labels", l))
             .transpose()?
             .unwrap_or_default();
-        let current = self.detail_of(&agent, message_id, false).await?;
+        let current = self.detail_of(&agent, message_id, DetailView::Meta).await?;
         let id = current.summary.id.clone();
         let mut labels = replace.unwrap_or_else(|| current.summary.labels.clone());
         for l in add {
@@ -163,7 +163,7 @@ impl Service {
         }
         if changes.is_empty() {
             drop(tx);
-            return self.detail_of(&agent, &id, true).await;
+            return self.detail_of(&agent, &id, DetailView::Safe).await;
         }
         let changes = serde_json::Value::Object(changes);
         let entry = self.entry(
@@ -185,7 +185,7 @@ impl Service {
         )
         .await?;
         tx.commit().await?;
-        self.detail_of(&agent, &id, true).await
+        self.detail_of(&agent, &id, DetailView::Safe).await
     }
 
     async fn set_entry(
@@ -216,7 +216,7 @@ impl Service {
         let agent = self
             .mailbox_access(ctx, agent_id, "mail.read", "message.delete")
             .await?;
-        let current = self.detail_of(&agent, message_id, false).await?;
+        let current = self.detail_of(&agent, message_id, DetailView::Meta).await?;
         let id = current.summary.id.clone();
         let mut tx = self.db.begin_write().await?;
         let (outcome, orphans) = if current.summary.folder == "trash" {
