@@ -21,13 +21,6 @@ pub struct Bootstrapped {
 }
 
 impl Service {
-    pub async fn is_initialised(&self) -> Result<bool> {
-        let row: Option<(String,)> = sqlx::query_as("SELECT id FROM organisations LIMIT 1")
-            .fetch_optional(&self.db.pool)
-            .await?;
-        Ok(row.is_some())
-    }
-
     /// Creates the organisation unless one exists. `provided_admin_key` is a
     /// key the deployment generated itself (AGENTPOST_ADMIN_KEY_FILE): only
     /// its hash is stored. Returns None when already initialised.

@@ -114,15 +114,9 @@ pub(crate) fn parse_scopes(scopes: Option<Vec<String>>) -> Result<Vec<String>> {
 }
 
 fn parse_expiry(now: i64, value: Option<&str>) -> Result<Option<i64>> {
-    let Some(v) = value else { return Ok(None) };
-    let t = chrono::DateTime::parse_from_rfc3339(v)
-        .map_err(|_| {
-            Error::invalid(
-                "expires_at",
-                "must be an RFC 3339 time such as 2027-01-31T00:00:00Z",
-            )
-        })?
-        .timestamp_micros();
+    let Some(t) = super::parse_time("expires_at", value)? else {
+        return Ok(None);
+    };
     if t <= now {
         return Err(Error::invalid("expires_at", "must be in the future"));
     }

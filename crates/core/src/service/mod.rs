@@ -473,6 +473,21 @@ pub(crate) fn hint_for(kind: CredentialKind, last4: &str) -> String {
     format!("{}…{}", kind.prefix(), last4)
 }
 
+/// An optional RFC 3339 time from a request, as Unix microseconds; errors name `field`.
+pub(crate) fn parse_time(field: &str, v: Option<&str>) -> Result<Option<i64>> {
+    v.map(|s| {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .map(|d| d.timestamp_micros())
+            .map_err(|_| {
+                Error::invalid(
+                    field,
+                    "must be an RFC 3339 time such as 2027-01-31T00:00:00Z",
+                )
+            })
+    })
+    .transpose()
+}
+
 pub(crate) fn opt_rfc3339(t: Option<i64>) -> Option<String> {
     t.map(crate::clock::to_rfc3339)
 }

@@ -1,6 +1,6 @@
 //! Reading and verifying the audit trail.
 
-use super::{Ctx, Page, Service, page_limit, paginate};
+use super::{Ctx, Page, Service, page_limit, paginate, parse_time};
 use crate::audit::{AuditEntry, COLUMNS, VerifyReport};
 use crate::error::{Error, Result};
 use serde::Deserialize;
@@ -23,15 +23,6 @@ pub struct AuditQuery {
     pub order: Option<String>,
     pub cursor: Option<String>,
     pub limit: Option<u32>,
-}
-
-fn parse_time(field: &str, v: Option<&str>) -> Result<Option<i64>> {
-    v.map(|s| {
-        chrono::DateTime::parse_from_rfc3339(s)
-            .map(|d| d.timestamp_micros())
-            .map_err(|_| Error::invalid(field, "must be an RFC 3339 time"))
-    })
-    .transpose()
 }
 
 impl Service {

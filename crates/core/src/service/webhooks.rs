@@ -944,9 +944,7 @@ impl Service {
                 (1, json!({ "event_id": event_id }))
             }
             (None, Some(since)) => {
-                let t = chrono::DateTime::parse_from_rfc3339(&since)
-                    .map_err(|_| Error::invalid("since", "must be an RFC 3339 time"))?
-                    .timestamp_micros();
+                let t = crate::service::parse_time("since", Some(&since))?.unwrap_or_default();
                 let n = sqlx::query(
                     "UPDATE webhook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1, \
                      lease_until = NULL, lease_owner = NULL, updated_at = $1 \

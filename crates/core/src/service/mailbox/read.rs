@@ -6,7 +6,7 @@
 use super::parse::{self, AttachmentInfo, EmailAddress};
 use super::{SYSTEM_FOLDERS, Service, bool_of};
 use crate::error::{Error, Result};
-use crate::service::{Agent, Ctx, Page, page_limit, paginate};
+use crate::service::{Agent, Ctx, Page, page_limit, paginate, parse_time};
 use crate::store::Dialect;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -214,15 +214,6 @@ pub(crate) fn check_folder(field: &str, f: &str) -> Result<()> {
             format!("must be one of {}", SYSTEM_FOLDERS.join(", ")),
         ))
     }
-}
-
-fn parse_time(field: &str, v: Option<&str>) -> Result<Option<i64>> {
-    v.map(|s| {
-        chrono::DateTime::parse_from_rfc3339(s)
-            .map(|d| d.timestamp_micros())
-            .map_err(|_| Error::invalid(field, "must be an RFC 3339 time"))
-    })
-    .transpose()
 }
 
 /// `LIKE` pattern for a substring, with the wildcards in it escaped.
