@@ -88,18 +88,52 @@ const SVG: u128 = pack(b"svg");
 const MATH: u128 = pack(b"math");
 const PLAINTEXT: u128 = pack(b"plaintext");
 
-// All names in these sets are at most 15 bytes, so a packed key equals one of them exactly
-// when the name does (ASCII case-insensitively).
+const F_VOID: u8 = 1;
+const F_RAW: u8 = 2;
+const F_FMT: u8 = 4;
+
+/// Every name of the three sets with its flags, sorted by key for a binary search (one
+/// lookup per tag instead of a linear scan of each set).
+const CLASSES: [(u128, u8); VOID.len() + RAW_TEXT.len() + FORMATTING.len()] = {
+    let mut out = [(0u128, 0u8); VOID.len() + RAW_TEXT.len() + FORMATTING.len()];
+    let mut n = 0;
+    let sets: [(&[u128], u8); 3] = [(&VOID, F_VOID), (&RAW_TEXT, F_RAW), (&FORMATTING, F_FMT)];
+    let mut s = 0;
+    while s < sets.len() {
+        let (keys, flag) = sets[s];
+        let mut i = 0;
+        while i < keys.len() {
+            out[n] = (keys[i], flag);
+            n += 1;
+            i += 1;
+        }
+        s += 1;
+    }
+    // Insertion sort (const context).
+    let mut i = 1;
+    while i < out.len() {
+        let mut j = i;
+        while j > 0 && out[j - 1].0 > out[j].0 {
+            let t = out[j - 1];
+            out[j - 1] = out[j];
+            out[j] = t;
+            j -= 1;
+        }
+        i += 1;
+    }
+    out
+};
+
+/// Flags of a packed tag name. All names in the sets are at most 15 bytes, so a packed key
+/// equals one of them exactly when the name does (ASCII case-insensitively).
+fn classify(key: u128) -> u8 {
+    CLASSES
+        .binary_search_by(|(k, _)| k.cmp(&key))
+        .map_or(0, |i| CLASSES[i].1)
+}
+
 fn is_void(key: u128) -> bool {
-    VOID.contains(&key)
-}
-
-fn is_raw_text(key: u128) -> bool {
-    RAW_TEXT.contains(&key)
-}
-
-fn is_formatting(key: u128) -> bool {
-    FORMATTING.contains(&key)
+    classify(key) & F_VOID != 0
 }
 
 /// Elements whose start tag implicitly closes an open element of the same kind.
@@ -266,14 +300,15 @@ pub(crate) fn limit_depth(html: &str, max_depth: usize) -> Limited<'_> {
                 i = after;
                 let name = &b[ns..ne];
                 let key = pack(name);
-                let raw = is_raw_text(key);
+                let class = classify(key);
+                let raw = class & F_RAW != 0;
                 if raw {
                     i = raw_text_end(b, after, name);
                 }
                 if key == PLAINTEXT {
                     i = b.len();
                 }
-                let void = is_void(key);
+                let void = class & F_VOID != 0;
                 if skip_depth > 0 {
                     if !(void || raw || (self_closing && foreign > 0)) {
                         skip_depth += 1;
@@ -294,7 +329,7 @@ pub(crate) fn limit_depth(html: &str, max_depth: usize) -> Limited<'_> {
                         }
                     }
                 }
-                let fmt = is_formatting(key);
+                let fmt = class & F_FMT != 0;
                 if stack.len() >= max_depth || (fmt && open_formatting >= MAX_OPEN_FORMATTING) {
                     skip_depth = 1;
                     skip_start = lt;
@@ -392,6 +427,26 @@ mod tests {
         assert!(!l.html.contains("deep"));
         assert!(l.html.contains("after"));
         assert!(l.dropped_text.contains("deep"));
+    }
+
+    #[test]
+    fn classification_matches_the_sets() {
+        for (set, flag) in [
+            (&VOID[..], F_VOID),
+            (&RAW_TEXT[..], F_RAW),
+            (&FORMATTING[..], F_FMT),
+        ] {
+            for &k in set {
+                assert_eq!(classify(k), flag);
+            }
+        }
+        for name in [&b"div"[..], b"p", b"td", b"SCRIPT", b"Br", b"svg", b"x"] {
+            let k = pack(name);
+            let expect = (VOID.contains(&k) as u8 * F_VOID)
+                | (RAW_TEXT.contains(&k) as u8 * F_RAW)
+                | (FORMATTING.contains(&k) as u8 * F_FMT);
+            assert_eq!(classify(k), expect);
+        }
     }
 
     #[test]

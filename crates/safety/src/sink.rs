@@ -6,8 +6,12 @@
 //! query by borrowing a `RefCell` and looking the node up in the tree; here the handle
 //! carries the (cheaply cloned, interned) namespace and local name, and every tree
 //! operation is delegated to scraper's sink unchanged, so the resulting tree is identical.
+//!
+//! The sink also counts the nodes it creates, so parsing can be bounded by a deterministic
+//! work budget instead of a clock.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 
 use ego_tree::NodeId;
 use html5ever::tendril::StrTendril;
@@ -25,12 +29,30 @@ pub(crate) struct Handle {
 
 pub(crate) struct Sink {
     inner: HtmlTreeSink,
+    /// Elements, comments and text appends so far (text appends may merge into one node).
+    nodes: Cell<usize>,
 }
 
 impl Sink {
     pub fn new() -> Self {
         Sink {
             inner: HtmlTreeSink::new(Html::new_document()),
+            nodes: Cell::new(0),
+        }
+    }
+
+    /// Tree nodes created so far (a measure of parse work besides the input bytes).
+    pub fn nodes(&self) -> usize {
+        self.nodes.get()
+    }
+
+    fn count(&self) {
+        self.nodes.set(self.nodes.get().saturating_add(1));
+    }
+
+    fn count_child(&self, child: &NodeOrText<Handle>) {
+        if matches!(child, NodeOrText::AppendText(_)) {
+            self.count();
         }
     }
 
@@ -76,12 +98,14 @@ impl TreeSink for Sink {
     }
 
     fn create_element(&self, name: QualName, attrs: Vec<Attribute>, flags: ElementFlags) -> Handle {
+        self.count();
         let (ns, local) = (name.ns.clone(), name.local.clone());
         let id = self.inner.create_element(name, attrs, flags);
         Handle { id, ns, local }
     }
 
     fn create_comment(&self, text: StrTendril) -> Handle {
+        self.count();
         Self::other(self.inner.create_comment(text))
     }
 
@@ -90,6 +114,7 @@ impl TreeSink for Sink {
     }
 
     fn append(&self, parent: &Handle, child: NodeOrText<Handle>) {
+        self.count_child(&child);
         self.inner.append(&parent.id, ids(child));
     }
 
@@ -99,6 +124,7 @@ impl TreeSink for Sink {
         prev_element: &Handle,
         child: NodeOrText<Handle>,
     ) {
+        self.count_child(&child);
         self.inner
             .append_based_on_parent_node(&element.id, &prev_element.id, ids(child));
     }
@@ -134,6 +160,7 @@ impl TreeSink for Sink {
     }
 
     fn append_before_sibling(&self, sibling: &Handle, new_node: NodeOrText<Handle>) {
+        self.count_child(&new_node);
         self.inner.append_before_sibling(&sibling.id, ids(new_node));
     }
 

@@ -5,7 +5,7 @@ use crate::html::Rendered;
 use crate::{Link, unicode};
 
 /// Accumulates visible text with CSS-like whitespace collapsing.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct TextBuf {
     pub out: String,
     pending_nl: u8,
