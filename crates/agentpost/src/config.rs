@@ -13,6 +13,7 @@ pub const DEFAULT_DATA_DIR: &str = "./agentpost-data";
 pub const DEFAULT_HTTP: &str = "127.0.0.1:8025";
 pub const DEFAULT_DOMAIN: &str = "agents.localhost";
 pub const DEFAULT_SMTP: &str = "127.0.0.1:2525";
+pub const DEFAULT_SUBMISSION: &str = "127.0.0.1:2587";
 
 /// Where the data lives; shared by every command that opens the store.
 #[derive(Debug, Clone, Args)]
@@ -75,6 +76,14 @@ pub struct ServerArgs {
     /// development).
     #[arg(long, env = "AGENTPOST_SMTP_DNS", value_name = "MODE", hide = true)]
     pub smtp_dns: Option<String>,
+    /// Concurrent inbound SMTP connections overall; the next one is refused
+    /// with `421 4.7.0` [default: 1000].
+    #[arg(long, env = "AGENTPOST_SMTP_MAX_CONNECTIONS", value_name = "N")]
+    pub smtp_max_connections: Option<usize>,
+    /// Concurrent inbound SMTP connections from one client IP address
+    /// [default: 20].
+    #[arg(long, env = "AGENTPOST_SMTP_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    pub smtp_max_connections_per_ip: Option<usize>,
     /// Allow webhook endpoints on loopback, private and link-local addresses
     /// (refused by default: an agent's events must not reach internal services).
     #[arg(long, env = "AGENTPOST_WEBHOOKS_ALLOW_PRIVATE")]
@@ -95,6 +104,37 @@ pub struct ServerArgs {
         hide = true
     )]
     pub webhook_disable_after: Option<String>,
+    /// SMTP submission listen address for mail clients with app passwords
+    /// [default: 127.0.0.1:2587].
+    #[arg(long, env = "AGENTPOST_SUBMISSION", value_name = "ADDR")]
+    pub submission: Option<SocketAddr>,
+    /// Send all outbound mail through this smarthost (HOST:PORT); without
+    /// it, mail goes directly to each recipient domain's MX. AUTH
+    /// credentials come from AGENTPOST_RELAY_USERNAME and
+    /// AGENTPOST_RELAY_PASSWORD (or AGENTPOST_RELAY_PASSWORD_FILE).
+    #[arg(long, env = "AGENTPOST_RELAY", value_name = "HOST:PORT")]
+    pub relay: Option<String>,
+    /// STARTTLS towards the relay: required, opportunistic or none [default: required].
+    #[arg(long, env = "AGENTPOST_RELAY_TLS", value_name = "MODE")]
+    pub relay_tls: Option<String>,
+    /// Give up on a recipient still failing temporarily after this long,
+    /// e.g. 5d or 12h [default: 5d].
+    #[arg(long, env = "AGENTPOST_OUTBOUND_GIVE_UP", value_name = "DURATION")]
+    pub outbound_give_up: Option<String>,
+    /// Outbound retry waits, e.g. `1s,2s` (tests; default 1m,5m,15m,30m,1h,2h,4h).
+    #[arg(
+        long,
+        env = "AGENTPOST_OUTBOUND_RETRY_SCHEDULE",
+        value_name = "LIST",
+        hide = true
+    )]
+    pub outbound_retry_schedule: Option<String>,
+    /// Direct delivery: the MX port (tests; default 25).
+    #[arg(long, env = "AGENTPOST_DIRECT_PORT", value_name = "PORT", hide = true)]
+    pub direct_port: Option<u16>,
+    /// Direct delivery: ask this DNS server (IP:PORT) for MX records instead of the system's (tests).
+    #[arg(long, env = "AGENTPOST_OUTBOUND_DNS", value_name = "ADDR", hide = true)]
+    pub outbound_dns: Option<SocketAddr>,
 }
 
 /// agentpost.toml: every key optional.
@@ -112,7 +152,13 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     smtp_dns: Option<String>,
+    smtp_max_connections: Option<usize>,
+    smtp_max_connections_per_ip: Option<usize>,
     webhooks_allow_private: Option<bool>,
+    submission: Option<SocketAddr>,
+    relay: Option<String>,
+    relay_tls: Option<String>,
+    outbound_give_up: Option<String>,
 }
 
 fn load_file(explicit: Option<&PathBuf>) -> Result<FileConfig> {
@@ -143,6 +189,54 @@ pub struct Resolved {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// False: no DNS lookups for sender authentication.
     pub smtp_dns_system: bool,
+    /// Concurrent SMTP connections overall and per client IP address.
+    pub smtp_max_connections: usize,
+    pub smtp_max_connections_per_ip: usize,
+    pub submission: SocketAddr,
+    pub route: OutboundRoute,
+}
+
+/// Where outbound mail goes.
+#[derive(Debug, Clone)]
+pub enum OutboundRoute {
+    Relay {
+        host: String,
+        port: u16,
+        tls: agentpost_smtp::RelayTls,
+        credentials: Option<(String, String)>,
+        accept_invalid_certs: bool,
+    },
+    Direct {
+        nameserver: Option<SocketAddr>,
+        port: u16,
+    },
+}
+
+/// Relay AUTH credentials from the environment (never from a flag, so they
+/// stay out of process listings and shell history).
+fn relay_credentials() -> Result<Option<(String, String)>> {
+    let Ok(user) = std::env::var("AGENTPOST_RELAY_USERNAME") else {
+        return Ok(None);
+    };
+    let password = match (
+        std::env::var("AGENTPOST_RELAY_PASSWORD"),
+        std::env::var_os("AGENTPOST_RELAY_PASSWORD_FILE"),
+    ) {
+        (Ok(p), _) => p,
+        (Err(_), Some(path)) => std::fs::read_to_string(&path)
+            .with_context(|| {
+                format!(
+                    "cannot read AGENTPOST_RELAY_PASSWORD_FILE ({})",
+                    path.to_string_lossy()
+                )
+            })?
+            .trim_end_matches(['\r', '\n'])
+            .to_string(),
+        _ => bail!(
+            "AGENTPOST_RELAY_USERNAME is set: give the password in AGENTPOST_RELAY_PASSWORD or AGENTPOST_RELAY_PASSWORD_FILE"
+        ),
+    };
+    Ok(Some((user, password)))
 }
 
 pub fn resolve(store: &StoreArgs, server: Option<&ServerArgs>) -> Result<Resolved> {
@@ -177,9 +271,18 @@ pub fn resolve(store: &StoreArgs, server: Option<&ServerArgs>) -> Result<Resolve
         tls_cert: None,
         tls_key: None,
         smtp_dns: None,
+        smtp_max_connections: None,
+        smtp_max_connections_per_ip: None,
         webhooks_allow_private: false,
         webhook_retry_schedule: None,
         webhook_disable_after: None,
+        submission: None,
+        relay: None,
+        relay_tls: None,
+        outbound_give_up: None,
+        outbound_retry_schedule: None,
+        direct_port: None,
+        outbound_dns: None,
     });
     let mut webhooks = agentpost_core::WebhookSettings {
         allow_private: server.webhooks_allow_private
@@ -223,6 +326,69 @@ pub fn resolve(store: &StoreArgs, server: Option<&ServerArgs>) -> Result<Resolve
     if smtp_dns != "system" && smtp_dns != "offline" {
         bail!("--smtp-dns must be system or offline");
     }
+    let smtp_limits = agentpost_smtp::Limits::default();
+    let smtp_max_connections = server
+        .smtp_max_connections
+        .or(file.smtp_max_connections)
+        .unwrap_or(smtp_limits.max_connections);
+    let smtp_max_connections_per_ip = server
+        .smtp_max_connections_per_ip
+        .or(file.smtp_max_connections_per_ip)
+        .unwrap_or(smtp_limits.max_connections_per_ip);
+    if !(1..=1_000_000).contains(&smtp_max_connections) {
+        bail!("--smtp-max-connections must be between 1 and 1000000");
+    }
+    if !(1..=smtp_max_connections).contains(&smtp_max_connections_per_ip) {
+        bail!(
+            "--smtp-max-connections-per-ip must be between 1 and --smtp-max-connections ({smtp_max_connections})"
+        );
+    }
+    let mut outbound = agentpost_core::OutboundSettings::default();
+    if let Some(s) = &server.outbound_retry_schedule {
+        outbound.retry_schedule = agentpost_core::parse_durations(s)
+            .map_err(|e| anyhow::anyhow!("AGENTPOST_OUTBOUND_RETRY_SCHEDULE: {e}"))?;
+    }
+    if let Some(s) = server.outbound_give_up.clone().or(file.outbound_give_up) {
+        outbound.give_up_after = agentpost_core::parse_duration(&s)
+            .map_err(|e| anyhow::anyhow!("--outbound-give-up: {e}"))?;
+    }
+    let relay_tls = match pick(server.relay_tls, file.relay_tls, "required").as_str() {
+        "required" => agentpost_smtp::RelayTls::Required,
+        "opportunistic" => agentpost_smtp::RelayTls::Opportunistic,
+        "none" => agentpost_smtp::RelayTls::None,
+        _ => bail!("--relay-tls must be required, opportunistic or none"),
+    };
+    let route = match server.relay.or(file.relay) {
+        Some(relay) => {
+            let (host, port) = relay
+                .rsplit_once(':')
+                .and_then(|(h, p)| {
+                    Some((
+                        h.trim_matches(['[', ']']).to_string(),
+                        p.parse::<u16>().ok()?,
+                    ))
+                })
+                .filter(|(h, p)| !h.is_empty() && *p != 0)
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--relay must be HOST:PORT, e.g. smtp.example.com:587")
+                })?;
+            OutboundRoute::Relay {
+                host,
+                port,
+                tls: relay_tls,
+                credentials: relay_credentials()?,
+                accept_invalid_certs: std::env::var("AGENTPOST_RELAY_ACCEPT_INVALID_CERTS")
+                    .is_ok_and(|v| v == "1" || v == "true"),
+            }
+        }
+        None => OutboundRoute::Direct {
+            nameserver: server.outbound_dns,
+            port: server.direct_port.unwrap_or(25),
+        },
+    };
+    let default_submission: SocketAddr = DEFAULT_SUBMISSION
+        .parse()
+        .context("default submission address")?;
     Ok(Resolved {
         store: location,
         http: server.http.or(file.http).unwrap_or(default_http),
@@ -231,10 +397,18 @@ pub fn resolve(store: &StoreArgs, server: Option<&ServerArgs>) -> Result<Resolve
             hostname,
             tombstone_days,
             webhooks,
+            outbound,
         },
         log_json: log_format == "json",
         smtp: server.smtp.or(file.smtp).unwrap_or(default_smtp),
         tls,
         smtp_dns_system: smtp_dns == "system",
+        smtp_max_connections,
+        smtp_max_connections_per_ip,
+        submission: server
+            .submission
+            .or(file.submission)
+            .unwrap_or(default_submission),
+        route,
     })
 }

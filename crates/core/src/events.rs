@@ -41,3 +41,67 @@ pub(crate) async fn emit(
     crate::service::webhooks::fan_out(tx, id, kind, agent_id, at).await?;
     Ok(id)
 }
+
+/// Emits several events inside `tx`, in order: the same ids, rows and
+/// webhook deliveries as calling [`emit`] for each, with one id allocation
+/// and multi-row inserts (group commit of inbound mail).
+pub(crate) async fn emit_many(
+    tx: &mut Tx,
+    at: i64,
+    events: &[(&str, Option<&str>, &Value)],
+) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let row = sqlx::query(
+        "UPDATE audit_head SET last_event_id = last_event_id + $1 WHERE id = 1 RETURNING last_event_id",
+    )
+    .bind(events.len() as i64)
+    .fetch_one(&mut **tx)
+    .await?;
+    let last: i64 = row.try_get(0)?;
+    let first = last - events.len() as i64 + 1;
+    for (c, chunk) in events.chunks(100).enumerate() {
+        let mut sql = String::from("INSERT INTO events (id, type, at, agent_id, data) VALUES ");
+        for i in 0..chunk.len() {
+            let b = i * 5;
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${})",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5
+            ));
+        }
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (i, (kind, agent_id, data)) in chunk.iter().enumerate() {
+            q = q
+                .bind(first + (c * 100 + i) as i64)
+                .bind(kind.to_string())
+                .bind(at)
+                .bind(agent_id.map(str::to_string))
+                .bind(data.to_string());
+        }
+        q.execute(&mut **tx).await?;
+    }
+    // Webhook deliveries per event only when an endpoint exists; otherwise
+    // one call still notifies the other nodes and the local worker.
+    let endpoints: Option<(i64,)> = sqlx::query_as(
+        "SELECT 1 FROM webhook_endpoints WHERE enabled = 1 AND deleted_at IS NULL LIMIT 1",
+    )
+    .fetch_optional(&mut **tx)
+    .await?;
+    if endpoints.is_some() {
+        for (i, (kind, agent_id, _)) in events.iter().enumerate() {
+            crate::service::webhooks::fan_out(tx, first + i as i64, kind, *agent_id, at).await?;
+        }
+    } else {
+        let (kind, agent_id, _) = &events[events.len() - 1];
+        crate::service::webhooks::fan_out(tx, last, kind, *agent_id, at).await?;
+    }
+    Ok(())
+}

@@ -5,6 +5,10 @@
 //! talks to the rest of the server through one trait, [`InboundHandler`]:
 //! "does this recipient exist?" and "store this message durably".
 //!
+//! The submission listener (RFC 6409, [`serve_submission`]) lets mail
+//! clients send as an agent with an app password, through
+//! [`SubmissionHandler`].
+//!
 //! ```no_run
 //! # use std::sync::Arc;
 //! # use agentpost_smtp::*;
@@ -19,18 +23,28 @@
 mod auth;
 mod config;
 mod data;
+mod delivery;
 mod handler;
 mod reply;
 mod server;
 mod session;
+mod submission;
 mod tls;
 
 pub use auth::{DnsResolver, DnsSetupError, StaticDns, VERIFIED_SENDER_HEADER};
 pub use config::{Limits, SmtpConfig, Timeouts};
 pub use data::{DataReceiver, DataViolation};
+pub use delivery::{
+    DeliveryMode, MxResolver, MxResolverError, OutboundConfig, OutboundEnvelope, Outcome, RelayTls,
+    deliver,
+};
 pub use handler::{
     AuthResult, AuthVerdicts, DEFAULT_MAX_MESSAGE_SIZE, DeliverError, InboundHandler,
     InboundMessage, RcptVerdict,
 };
 pub use server::{ServeError, serve};
+pub use submission::{
+    AuthRefused, SubmissionConfig, SubmissionHandler, SubmitOutcome, SubmitRefusal,
+    serve_submission,
+};
 pub use tls::{TlsError, TlsSource, generate_self_signed, server_config};

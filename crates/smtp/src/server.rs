@@ -129,7 +129,7 @@ async fn handle_connection<H: InboundHandler>(
 }
 
 /// Answers `421` and closes, without holding up the accept loop.
-fn reject(mut socket: TcpStream, reply: Reply) {
+pub(crate) fn reject(mut socket: TcpStream, reply: Reply) {
     tokio::spawn(async move {
         let mut line = Vec::new();
         reply.write_to(&mut line);
@@ -142,13 +142,17 @@ fn reject(mut socket: TcpStream, reply: Reply) {
 }
 
 /// One connection's share of its client address's limit; released on drop.
-struct IpSlot {
+pub(crate) struct IpSlot {
     map: Arc<Mutex<HashMap<IpAddr, usize>>>,
     ip: IpAddr,
 }
 
 impl IpSlot {
-    fn take(map: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr, max: usize) -> Option<Self> {
+    pub(crate) fn take(
+        map: &Arc<Mutex<HashMap<IpAddr, usize>>>,
+        ip: IpAddr,
+        max: usize,
+    ) -> Option<Self> {
         let mut counts = map.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let count = counts.entry(ip).or_insert(0);
         if *count >= max {
@@ -184,7 +188,7 @@ pub(crate) struct Shutdown {
 }
 
 impl Shutdown {
-    fn new(notify: broadcast::Receiver<()>) -> Self {
+    pub(crate) fn new(notify: broadcast::Receiver<()>) -> Self {
         Shutdown {
             is_shutdown: false,
             notify,

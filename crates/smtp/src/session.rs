@@ -35,19 +35,19 @@ pub(crate) enum Next {
 /// Read and write buffers of one connection; reset on STARTTLS.
 #[derive(Default)]
 pub(crate) struct Io {
-    input: Vec<u8>,
+    pub(crate) input: Vec<u8>,
     pub(crate) output: Vec<u8>,
     /// Skipping the rest of an over-long command line.
     discarding: bool,
 }
 
-enum Line {
+pub(crate) enum Line {
     Complete(Vec<u8>),
     TooLong,
     Incomplete,
 }
 
-enum Read {
+pub(crate) enum Read {
     Data,
     Eof,
     Timeout,
@@ -496,7 +496,7 @@ fn unadvertised_mail_param(from: &MailFrom<std::borrow::Cow<'_, str>>) -> Option
     }
 }
 
-fn parse_error(err: ParseError) -> Reply {
+pub(crate) fn parse_error(err: ParseError) -> Reply {
     match err {
         ParseError::UnknownCommand => reply::UNKNOWN_COMMAND,
         ParseError::InvalidSenderAddress => reply::BAD_SENDER,
@@ -514,7 +514,7 @@ fn parse_error(err: ParseError) -> Reply {
 
 /// Takes one command line (through its LF) off the input buffer. Lines over
 /// `max` octets are skipped up to their LF and reported once, in order.
-fn take_line(io: &mut Io, max: usize) -> Line {
+pub(crate) fn take_line(io: &mut Io, max: usize) -> Line {
     match memchr::memchr(b'\n', &io.input) {
         Some(pos) => {
             let line: Vec<u8> = io.input.drain(..=pos).collect();
@@ -534,7 +534,7 @@ fn take_line(io: &mut Io, max: usize) -> Line {
     }
 }
 
-async fn flush<S: AsyncWrite + Unpin>(stream: &mut S, io: &mut Io) -> bool {
+pub(crate) async fn flush<S: AsyncWrite + Unpin>(stream: &mut S, io: &mut Io) -> bool {
     if io.output.is_empty() {
         return true;
     }
@@ -543,7 +543,7 @@ async fn flush<S: AsyncWrite + Unpin>(stream: &mut S, io: &mut Io) -> bool {
     ok
 }
 
-async fn read_more<S: AsyncRead + Unpin>(
+pub(crate) async fn read_more<S: AsyncRead + Unpin>(
     stream: &mut S,
     io: &mut Io,
     timeout: Duration,

@@ -17,10 +17,11 @@ use super::parse::{self, Parsed};
 use super::{MAX_MESSAGE_BYTES, Service, mailbox_policy};
 use crate::address::AgentAddress;
 use crate::audit::{Actor, NewEntry};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::store::Tx;
 use serde_json::json;
 use sqlx::Row;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 // Dynamic SQL here is assembled from constant fragments and numbered
@@ -246,6 +247,11 @@ impl Service {
     /// Commits a batch of prepared deliveries in one write transaction and
     /// returns one answer per delivery, in order. An `Err` means nothing of
     /// the batch was committed.
+    ///
+    /// Reads happen per delivery (recipients, quota, threading), with what
+    /// the batch itself already filed taken into account; the writes are
+    /// collected and go out as a few multi-row statements at the end, so a
+    /// batch costs about three statements per message instead of twenty.
     async fn commit_deliveries(
         &self,
         batch: &[Prepared],
@@ -255,27 +261,62 @@ impl Service {
         let (max_seq,): (Option<i64>,) = sqlx::query_as("SELECT MAX(seq) FROM messages")
             .fetch_one(&mut *tx)
             .await?;
-        let mut seq = max_seq.unwrap_or(0);
+        let mut st = Batch {
+            seq: max_seq.unwrap_or(0),
+            ..Batch::default()
+        };
         let mut results = Vec::with_capacity(batch.len());
         for p in batch {
-            let outcome = self.file_one(&mut tx, p, now, seq + 1).await?;
-            if outcome.is_ok() {
-                seq += 1;
-            }
-            results.push(outcome);
+            results.push(self.file_one(&mut tx, &mut st, p, now).await?);
         }
+        st.flush(&mut tx, now).await?;
         tx.commit().await?;
         Ok(results)
     }
 
-    /// Files one delivery inside the batch transaction. Database errors
-    /// abort the batch (`Err`); refusals are per delivery (`Ok(Err(_))`).
+    /// The recipient's agent, quota and usage, read once per batch.
+    async fn batch_agent(
+        &self,
+        tx: &mut Tx,
+        st: &mut Batch,
+        key: &str,
+    ) -> Result<Option<BatchAgent>> {
+        if let Some(a) = st.agents.get(key) {
+            return Ok(a.clone());
+        }
+        let row = sqlx::query(
+            "SELECT a.id, a.address, a.status, a.policy_id, COALESCE(u.bytes, 0) AS used FROM agents a \
+             LEFT JOIN mailbox_usage u ON u.agent_id = a.id WHERE a.address_key = $1 AND a.status <> 'decommissioned'",
+        )
+        .bind(key)
+        .fetch_optional(&mut **tx)
+        .await?;
+        let agent = match row {
+            None => None,
+            Some(row) => {
+                let policy_id: Option<String> = row.try_get("policy_id")?;
+                let policy = mailbox_policy(&mut **tx, policy_id.as_deref()).await?;
+                Some(BatchAgent {
+                    id: row.try_get("id")?,
+                    address: row.try_get("address")?,
+                    status: row.try_get("status")?,
+                    quota: policy.storage_bytes,
+                    used: row.try_get("used")?,
+                })
+            }
+        };
+        st.agents.insert(key.to_string(), agent.clone());
+        Ok(agent)
+    }
+
+    /// Files one delivery into the batch. Database errors abort the batch
+    /// (`Err`); refusals are per delivery (`Ok(Err(_))`).
     async fn file_one(
         &self,
         tx: &mut Tx,
+        st: &mut Batch,
         p: &Prepared,
         now: i64,
-        seq: i64,
     ) -> Result<Result<String, DeliveryError>> {
         let d = &p.delivery;
         let size = d.raw.len() as i64;
@@ -286,38 +327,28 @@ impl Service {
             let Ok(addr) = AgentAddress::parse(rcpt, "rcpt") else {
                 continue;
             };
-            let row = sqlx::query(
-                "SELECT a.id, a.address, a.status, a.policy_id, COALESCE(u.bytes, 0) AS used FROM agents a \
-                 LEFT JOIN mailbox_usage u ON u.agent_id = a.id WHERE a.address_key = $1 AND a.status <> 'decommissioned'",
-            )
-            .bind(addr.key())
-            .fetch_optional(&mut **tx)
-            .await?;
-            let Some(row) = row else { continue };
-            let status: String = row.try_get("status")?;
-            if status == "suspended" {
+            let Some(a) = self.batch_agent(tx, st, &addr.key()).await? else {
+                continue;
+            };
+            if a.status == "suspended" {
                 suspended = true;
                 continue;
             }
-            if status != "active" {
+            if a.status != "active" {
                 continue;
             }
-            let agent_id: String = row.try_get("id")?;
-            if rcpts.iter().any(|r| r.agent_id == agent_id) {
+            if rcpts.iter().any(|r| r.agent_id == a.id) {
                 continue;
             }
-            let policy_id: Option<String> = row.try_get("policy_id")?;
-            let used: i64 = row.try_get("used")?;
-            let policy = mailbox_policy(&mut **tx, policy_id.as_deref()).await?;
             // One answer covers every recipient after DATA: a full mailbox
             // defers the whole message (452) rather than drop it silently
             // for one recipient.
-            if used + size > policy.storage_bytes {
+            if a.used + size > a.quota {
                 return Ok(Err(DeliveryError::Full));
             }
             rcpts.push(Rcpt {
-                agent_id,
-                address: row.try_get("address")?,
+                agent_id: a.id,
+                address: a.address,
                 rcpt: rcpt.clone(),
             });
         }
@@ -331,60 +362,32 @@ impl Service {
         // The collector may have removed an identical blob that was
         // unreferenced a moment ago; it deletes under this same lock, so
         // checking here is enough.
-        if !self.db.blobs.exists(tx, &p.blob_hash).await? {
+        if st.blobs_seen.insert(p.blob_hash.clone())
+            && !self.db.blobs.exists(tx, &p.blob_hash).await?
+        {
             self.db.blobs.put(tx, &d.raw).await?;
         }
 
         let pm = &p.parsed;
+        st.seq += 1;
+        let seq = st.seq;
         let id = uuid::Uuid::now_v7().to_string();
-        let to_json =
-            |v: &Vec<parse::EmailAddress>| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
-        let from_key = search_key(&pm.from);
-        let mut to_all = pm.to.clone();
-        to_all.extend(pm.cc.iter().cloned());
-        let to_key = search_key(&to_all);
-        let rcpt_all: Vec<&str> = d.rcpt_to.iter().map(String::as_str).collect();
-        sqlx::query(
-            "INSERT INTO messages (id, seq, blob_hash, size_bytes, received_at, client_ip, helo, mail_from, rcpt_to, tls, \
-             auth_results, message_id_header, in_reply_to, refs, subject, from_json, to_json, cc_json, reply_to_json, date_at, \
-             snippet, attachments, from_key, to_key) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24)",
-        )
-        .bind(&id)
-        .bind(seq)
-        .bind(&p.blob_hash)
-        .bind(size)
-        .bind(now)
-        .bind(&d.client_ip)
-        .bind(&d.helo)
-        .bind(&d.mail_from)
-        .bind(json!(rcpt_all).to_string())
-        .bind(d.tls as i64)
-        .bind(d.auth_results.clone())
-        .bind(pm.message_id.clone())
-        .bind(json!(pm.in_reply_to).to_string())
-        .bind(json!(pm.references).to_string())
-        .bind(pm.subject.clone())
-        .bind(to_json(&pm.from))
-        .bind(to_json(&pm.to))
-        .bind(to_json(&pm.cc))
-        .bind(to_json(&pm.reply_to))
-        .bind(pm.date_at)
-        .bind(pm.snippet.clone())
-        .bind(serde_json::to_string(&pm.attachments).unwrap_or_else(|_| "[]".into()))
-        .bind(&from_key)
-        .bind(&to_key)
-        .execute(&mut **tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO message_search (rowid, subject, addresses, body) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(seq)
-        .bind(pm.subject.clone())
-        .bind(search_words(&pm.from, &to_all))
-        .bind(&pm.search_body)
-        .execute(&mut **tx)
-        .await?;
+        let envelope = Envelope {
+            client_ip: Some(&d.client_ip),
+            helo: Some(&d.helo),
+            mail_from: &d.mail_from,
+            rcpt_to: &d.rcpt_to,
+            tls: d.tls,
+            auth_results: d.auth_results.as_deref(),
+        };
+        st.messages.push(message_row(
+            id.clone(),
+            seq,
+            p.blob_hash.clone(),
+            size,
+            &envelope,
+            pm,
+        ));
 
         let spam =
             d.dmarc == "fail" && matches!(d.dmarc_policy.as_deref(), Some("quarantine" | "reject"));
@@ -392,29 +395,33 @@ impl Service {
         let participants = pm.participants();
         for r in &rcpts {
             let thread_id = self
-                .thread_for(tx, &r.agent_id, pm, &participants, now)
+                .thread_for(tx, st, &r.agent_id, pm, &participants, now)
                 .await?;
-            sqlx::query(
-                "INSERT INTO mailbox_entries (agent_id, message_id, thread_id, folder, unread, starred, received_at, folder_at, size_bytes) \
-                 VALUES ($1, $2, $3, $4, 1, 0, $5, $5, $6)",
-            )
-            .bind(&r.agent_id)
-            .bind(&id)
-            .bind(&thread_id)
-            .bind(folder)
-            .bind(now)
-            .bind(size)
-            .execute(&mut **tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO mailbox_usage (agent_id, bytes, messages) VALUES ($1, $2, 1) \
-                 ON CONFLICT (agent_id) DO UPDATE SET bytes = mailbox_usage.bytes + $2, messages = mailbox_usage.messages + 1",
-            )
-            .bind(&r.agent_id)
-            .bind(size)
-            .execute(&mut **tx)
-            .await?;
-            let entry = NewEntry {
+            if let Some(own) = &pm.message_id {
+                st.order += 1;
+                st.by_message_id.insert(
+                    (r.agent_id.clone(), own.clone()),
+                    (st.order, thread_id.clone()),
+                );
+            }
+            st.entries.push((
+                r.agent_id.clone(),
+                id.clone(),
+                thread_id.clone(),
+                folder,
+                size,
+            ));
+            if let Some(Some(a)) = st.agents.get_mut(&agent_key(&r.rcpt)) {
+                a.used += size;
+            }
+            match st.usage.iter_mut().find(|u| u.0 == r.agent_id) {
+                Some(u) => {
+                    u.1 += size;
+                    u.2 += 1;
+                }
+                None => st.usage.push((r.agent_id.clone(), size, 1)),
+            }
+            st.audit.push(NewEntry {
                 actor: Actor {
                     kind: "smtp".into(),
                     id: Some(d.client_ip.clone()),
@@ -439,7 +446,7 @@ impl Service {
                     "tls": d.tls,
                     "folder": folder,
                 }),
-            };
+            });
             let event = json!({
                 "agent_id": r.agent_id,
                 "address": r.address,
@@ -460,17 +467,19 @@ impl Service {
             } else {
                 "message.received"
             };
-            self.record(tx, &entry, Some((kind, event))).await?;
+            st.events.push((kind, r.agent_id.clone(), event));
         }
         Ok(Ok(id))
     }
 
     /// Threads by `References`/`In-Reply-To` (and the message's own id, so
     /// a duplicate joins its original); failing that, by the normalised
-    /// subject among the same participants; else a new thread.
+    /// subject among the same participants; else a new thread. What this
+    /// batch filed counts first (it is the newest).
     async fn thread_for(
         &self,
         tx: &mut Tx,
+        st: &mut Batch,
         agent_id: &str,
         pm: &Parsed,
         participants: &[String],
@@ -487,69 +496,468 @@ impl Service {
         }
         ids.sort_unstable();
         ids.dedup();
-        let mut found: Option<String> = None;
-        if !ids.is_empty() {
+        let mut found: Option<String> = ids
+            .iter()
+            .filter_map(|i| st.by_message_id.get(&(agent_id.to_string(), i.to_string())))
+            .max_by_key(|(order, _)| *order)
+            .map(|(_, t)| t.clone());
+        if found.is_none() && !ids.is_empty() {
+            // Written so that both planners start from the Message-ID index
+            // and probe the entry by its key: with ORDER BY … LIMIT 1 here,
+            // SQLite without statistics walks the agent's whole mailbox by
+            // time instead, for every message (quadratic ingest). The
+            // newest match is picked here; there are only a few.
             let marks: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
             let sql = format!(
-                "SELECT e.thread_id FROM mailbox_entries e JOIN messages m ON m.id = e.message_id \
-                 WHERE e.agent_id = $1 AND m.message_id_header IN ({}) ORDER BY e.received_at DESC LIMIT 1",
+                "SELECT e.thread_id, e.received_at FROM mailbox_entries e WHERE e.agent_id = $1 AND e.message_id IN \
+                 (SELECT m.id FROM messages m WHERE m.message_id_header IN ({}))",
                 marks.join(", ")
             );
-            let mut q = sqlx::query_as::<_, (String,)>(AssertSqlSafe(sql)).bind(agent_id);
+            let mut q = sqlx::query_as::<_, (String, i64)>(AssertSqlSafe(sql)).bind(agent_id);
             for i in &ids {
                 q = q.bind(i.to_string());
             }
-            found = q.fetch_optional(&mut **tx).await?.map(|r| r.0);
+            found = q
+                .fetch_all(&mut **tx)
+                .await?
+                .into_iter()
+                .max_by_key(|r| r.1)
+                .map(|r| r.0);
         }
         let participants_key = participants.join(" ");
+        let subject_key = (
+            agent_id.to_string(),
+            pm.subject_key.clone(),
+            participants_key.clone(),
+        );
         if found.is_none() && !pm.subject_key.is_empty() {
-            found = sqlx::query_as::<_, (String,)>(
-                "SELECT id FROM threads WHERE agent_id = $1 AND subject_key = $2 AND participants_key = $3 ORDER BY created_at DESC LIMIT 1",
-            )
-            .bind(agent_id)
-            .bind(&pm.subject_key)
-            .bind(&participants_key)
-            .fetch_optional(&mut **tx)
-            .await?
-            .map(|r| r.0);
+            found = st.by_subject.get(&subject_key).cloned();
+            if found.is_none() {
+                found = sqlx::query_as::<_, (String,)>(
+                    "SELECT id FROM threads WHERE agent_id = $1 AND subject_key = $2 AND participants_key = $3 ORDER BY created_at DESC LIMIT 1",
+                )
+                .bind(agent_id)
+                .bind(&pm.subject_key)
+                .bind(&participants_key)
+                .fetch_optional(&mut **tx)
+                .await?
+                .map(|r| r.0);
+            }
         }
         if let Some(thread_id) = found {
             // Grow the participant list (it is display data, not the key).
-            let (current,): (String,) =
-                sqlx::query_as("SELECT participants FROM threads WHERE id = $1")
-                    .bind(&thread_id)
-                    .fetch_one(&mut **tx)
-                    .await?;
-            let mut all: Vec<String> = current.split_whitespace().map(str::to_string).collect();
-            let before = all.len();
-            for p in participants {
-                if !all.contains(p) && all.len() < 200 {
-                    all.push(p.clone());
-                }
+            if !st.threads.contains_key(&thread_id) {
+                let (current,): (String,) =
+                    sqlx::query_as("SELECT participants FROM threads WHERE id = $1")
+                        .bind(&thread_id)
+                        .fetch_one(&mut **tx)
+                        .await?;
+                st.threads.insert(
+                    thread_id.clone(),
+                    ThreadState {
+                        participants: current.split_whitespace().map(str::to_string).collect(),
+                        changed: false,
+                        new: None,
+                    },
+                );
             }
-            if all.len() != before {
-                sqlx::query("UPDATE threads SET participants = $1 WHERE id = $2")
-                    .bind(all.join(" "))
-                    .bind(&thread_id)
-                    .execute(&mut **tx)
-                    .await?;
+            if let Some(t) = st.threads.get_mut(&thread_id) {
+                for p in participants {
+                    if !t.participants.contains(p) && t.participants.len() < 200 {
+                        t.participants.push(p.clone());
+                        t.changed = true;
+                    }
+                }
             }
             return Ok(thread_id);
         }
         let thread_id = uuid::Uuid::now_v7().to_string();
-        sqlx::query(
-            "INSERT INTO threads (id, agent_id, subject, subject_key, participants_key, participants, created_at) VALUES ($1,$2,$3,$4,$5,$5,$6)",
-        )
-        .bind(&thread_id)
-        .bind(agent_id)
-        .bind(pm.subject.clone())
-        .bind(&pm.subject_key)
-        .bind(&participants_key)
-        .bind(now)
-        .execute(&mut **tx)
-        .await
-        .map_err(Error::from)?;
+        st.threads.insert(
+            thread_id.clone(),
+            ThreadState {
+                participants: participants.to_vec(),
+                changed: false,
+                new: Some(NewThread {
+                    agent_id: agent_id.to_string(),
+                    subject: pm.subject.clone(),
+                    subject_key: pm.subject_key.clone(),
+                    participants_key,
+                    created_at: now,
+                }),
+            },
+        );
+        st.new_threads.push(thread_id.clone());
+        if !pm.subject_key.is_empty() {
+            st.by_subject.insert(subject_key, thread_id.clone());
+        }
         Ok(thread_id)
+    }
+}
+
+/// The envelope of a message filed one at a time (not through the
+/// inbound group commit): the sent copy of an outbound message, a bounce.
+pub(crate) struct Envelope<'a> {
+    pub client_ip: Option<&'a str>,
+    pub helo: Option<&'a str>,
+    pub mail_from: &'a str,
+    pub rcpt_to: &'a [String],
+    pub tls: bool,
+    pub auth_results: Option<&'a str>,
+}
+
+/// The next full-text key; call under the write lock (`begin_write`).
+pub(crate) async fn next_seq(tx: &mut Tx) -> Result<i64> {
+    let (max_seq,): (Option<i64>,) = sqlx::query_as("SELECT MAX(seq) FROM messages")
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(max_seq.unwrap_or(0) + 1)
+}
+
+/// Inserts one message row and its search row (the blob must be stored).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn insert_message(
+    tx: &mut Tx,
+    id: &str,
+    seq: i64,
+    blob_hash: &str,
+    size: i64,
+    now: i64,
+    envelope: &Envelope<'_>,
+    pm: &Parsed,
+) -> Result<()> {
+    let mut b = Batch {
+        seq,
+        ..Batch::default()
+    };
+    b.messages.push(message_row(
+        id.to_string(),
+        seq,
+        blob_hash.to_string(),
+        size,
+        envelope,
+        pm,
+    ));
+    b.flush_rest(tx, now).await
+}
+
+fn message_row(
+    id: String,
+    seq: i64,
+    blob_hash: String,
+    size: i64,
+    d: &Envelope<'_>,
+    pm: &Parsed,
+) -> MessageRow {
+    let to_json =
+        |v: &Vec<parse::EmailAddress>| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
+    let mut to_all = pm.to.clone();
+    to_all.extend(pm.cc.iter().cloned());
+    MessageRow {
+        id,
+        seq,
+        blob_hash,
+        size,
+        client_ip: d.client_ip.map(str::to_string),
+        helo: d.helo.map(str::to_string),
+        mail_from: d.mail_from.to_string(),
+        rcpt_to: json!(d.rcpt_to).to_string(),
+        tls: d.tls as i64,
+        auth_results: d.auth_results.map(str::to_string),
+        message_id: pm.message_id.clone(),
+        in_reply_to: json!(pm.in_reply_to).to_string(),
+        refs: json!(pm.references).to_string(),
+        subject: pm.subject.clone(),
+        from_json: to_json(&pm.from),
+        to_json: to_json(&pm.to),
+        cc_json: to_json(&pm.cc),
+        reply_to_json: to_json(&pm.reply_to),
+        date_at: pm.date_at,
+        snippet: pm.snippet.clone(),
+        attachments: serde_json::to_string(&pm.attachments).unwrap_or_else(|_| "[]".into()),
+        from_key: search_key(&pm.from),
+        to_key: search_key(&to_all),
+        search_words: search_words(&pm.from, &to_all),
+        search_body: pm.search_body.clone(),
+    }
+}
+
+impl Service {
+    /// Files one stored message in one agent's mailbox (thread, entry,
+    /// usage) and returns its thread id. The caller records the audit
+    /// entry and the event.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn file_entry(
+        &self,
+        tx: &mut Tx,
+        agent_id: &str,
+        message_id: &str,
+        pm: &Parsed,
+        participants: &[String],
+        folder: &str,
+        unread: bool,
+        size: i64,
+        now: i64,
+    ) -> Result<String> {
+        let mut st = Batch::default();
+        let thread_id = self
+            .thread_for(tx, &mut st, agent_id, pm, participants, now)
+            .await?;
+        st.flush_threads(tx).await?;
+        sqlx::query(
+            "INSERT INTO mailbox_entries (agent_id, message_id, thread_id, folder, unread, starred, received_at, folder_at, size_bytes) \
+             VALUES ($1, $2, $3, $4, $5, 0, $6, $6, $7)",
+        )
+        .bind(agent_id)
+        .bind(message_id)
+        .bind(&thread_id)
+        .bind(folder)
+        .bind(unread as i64)
+        .bind(now)
+        .bind(size)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO mailbox_usage (agent_id, bytes, messages) VALUES ($1, $2, 1) \
+             ON CONFLICT (agent_id) DO UPDATE SET bytes = mailbox_usage.bytes + $2, messages = mailbox_usage.messages + 1",
+        )
+        .bind(agent_id)
+        .bind(size)
+        .execute(&mut **tx)
+        .await?;
+        Ok(thread_id)
+    }
+}
+
+fn agent_key(rcpt: &str) -> String {
+    AgentAddress::parse(rcpt, "rcpt")
+        .map(|a| a.key())
+        .unwrap_or_default()
+}
+
+/// A recipient as the batch sees it: usage includes what the batch filed.
+#[derive(Clone)]
+struct BatchAgent {
+    id: String,
+    address: String,
+    status: String,
+    quota: i64,
+    used: i64,
+}
+
+struct MessageRow {
+    id: String,
+    seq: i64,
+    blob_hash: String,
+    size: i64,
+    client_ip: Option<String>,
+    helo: Option<String>,
+    mail_from: String,
+    rcpt_to: String,
+    tls: i64,
+    auth_results: Option<String>,
+    message_id: Option<String>,
+    in_reply_to: String,
+    refs: String,
+    subject: Option<String>,
+    from_json: String,
+    to_json: String,
+    cc_json: String,
+    reply_to_json: String,
+    date_at: Option<i64>,
+    snippet: Option<String>,
+    attachments: String,
+    from_key: String,
+    to_key: String,
+    search_words: String,
+    search_body: String,
+}
+
+struct NewThread {
+    agent_id: String,
+    subject: Option<String>,
+    subject_key: String,
+    participants_key: String,
+    created_at: i64,
+}
+
+struct ThreadState {
+    participants: Vec<String>,
+    /// An existing thread whose participant list grew.
+    changed: bool,
+    /// A thread this batch created.
+    new: Option<NewThread>,
+}
+
+/// What one group commit has filed so far, written out by `flush`.
+#[derive(Default)]
+struct Batch {
+    seq: i64,
+    order: u64,
+    agents: HashMap<String, Option<BatchAgent>>,
+    blobs_seen: HashSet<String>,
+    messages: Vec<MessageRow>,
+    /// (agent, message, thread, folder, size)
+    entries: Vec<(String, String, String, &'static str, i64)>,
+    /// (agent, bytes, messages) added
+    usage: Vec<(String, i64, i64)>,
+    threads: HashMap<String, ThreadState>,
+    new_threads: Vec<String>,
+    by_message_id: HashMap<(String, String), (u64, String)>,
+    by_subject: HashMap<(String, String, String), String>,
+    audit: Vec<NewEntry>,
+    events: Vec<(&'static str, String, serde_json::Value)>,
+}
+
+/// `($1,$2,…),(…)`: `rows` groups of `cols` numbered placeholders.
+fn placeholders(rows: usize, cols: usize, row: impl Fn(&[String]) -> String) -> String {
+    let mut out = String::new();
+    for r in 0..rows {
+        if r > 0 {
+            out.push(',');
+        }
+        let marks: Vec<String> = (1..=cols).map(|c| format!("${}", r * cols + c)).collect();
+        out.push_str(&row(&marks));
+    }
+    out
+}
+
+impl Batch {
+    /// Writes everything the batch filed, in the order the single-message
+    /// path would have: threads, messages and their search rows, mailbox
+    /// entries, usage, then the audit entries and events.
+    async fn flush(self, tx: &mut Tx, now: i64) -> Result<()> {
+        self.flush_threads(tx).await?;
+        self.flush_rest(tx, now).await
+    }
+
+    /// The threads this batch created, and participant lists that grew.
+    async fn flush_threads(&self, tx: &mut Tx) -> Result<()> {
+        let new_threads: Vec<(&String, &ThreadState)> = self
+            .new_threads
+            .iter()
+            .filter_map(|id| self.threads.get(id).map(|t| (id, t)))
+            .collect();
+        for chunk in new_threads.chunks(100) {
+            let sql = format!(
+                "INSERT INTO threads (id, agent_id, subject, subject_key, participants_key, participants, created_at) VALUES {}",
+                placeholders(chunk.len(), 7, |m| format!("({})", m.join(",")))
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for (id, t) in chunk {
+                let n = t.new.as_ref().expect("a new thread");
+                q = q
+                    .bind(id.to_string())
+                    .bind(n.agent_id.clone())
+                    .bind(n.subject.clone())
+                    .bind(n.subject_key.clone())
+                    .bind(n.participants_key.clone())
+                    .bind(t.participants.join(" "))
+                    .bind(n.created_at);
+            }
+            q.execute(&mut **tx).await?;
+        }
+        for (id, t) in &self.threads {
+            if t.changed && t.new.is_none() {
+                sqlx::query("UPDATE threads SET participants = $1 WHERE id = $2")
+                    .bind(t.participants.join(" "))
+                    .bind(id)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush_rest(self, tx: &mut Tx, now: i64) -> Result<()> {
+        for chunk in self.messages.chunks(64) {
+            let sql = format!(
+                "INSERT INTO messages (id, seq, blob_hash, size_bytes, received_at, client_ip, helo, mail_from, rcpt_to, tls, \
+                 auth_results, message_id_header, in_reply_to, refs, subject, from_json, to_json, cc_json, reply_to_json, date_at, \
+                 snippet, attachments, from_key, to_key) VALUES {}",
+                placeholders(chunk.len(), 24, |m| format!("({})", m.join(",")))
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for m in chunk {
+                q = q
+                    .bind(m.id.clone())
+                    .bind(m.seq)
+                    .bind(m.blob_hash.clone())
+                    .bind(m.size)
+                    .bind(now)
+                    .bind(m.client_ip.clone())
+                    .bind(m.helo.clone())
+                    .bind(m.mail_from.clone())
+                    .bind(m.rcpt_to.clone())
+                    .bind(m.tls)
+                    .bind(m.auth_results.clone())
+                    .bind(m.message_id.clone())
+                    .bind(m.in_reply_to.clone())
+                    .bind(m.refs.clone())
+                    .bind(m.subject.clone())
+                    .bind(m.from_json.clone())
+                    .bind(m.to_json.clone())
+                    .bind(m.cc_json.clone())
+                    .bind(m.reply_to_json.clone())
+                    .bind(m.date_at)
+                    .bind(m.snippet.clone())
+                    .bind(m.attachments.clone())
+                    .bind(m.from_key.clone())
+                    .bind(m.to_key.clone());
+            }
+            q.execute(&mut **tx).await?;
+            let sql = format!(
+                "INSERT INTO message_search (rowid, subject, addresses, body) VALUES {}",
+                placeholders(chunk.len(), 4, |m| format!("({})", m.join(",")))
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for m in chunk {
+                q = q
+                    .bind(m.seq)
+                    .bind(m.subject.clone())
+                    .bind(m.search_words.clone())
+                    .bind(m.search_body.clone());
+            }
+            q.execute(&mut **tx).await?;
+        }
+        for chunk in self.entries.chunks(100) {
+            let sql = format!(
+                "INSERT INTO mailbox_entries (agent_id, message_id, thread_id, folder, unread, starred, received_at, folder_at, size_bytes) VALUES {}",
+                placeholders(chunk.len(), 7, |m| format!(
+                    "({}, {}, {}, {}, 1, 0, {}, {}, {})",
+                    m[0], m[1], m[2], m[3], m[4], m[5], m[6]
+                ))
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for (agent, message, thread, folder, size) in chunk {
+                q = q
+                    .bind(agent.clone())
+                    .bind(message.clone())
+                    .bind(thread.clone())
+                    .bind(*folder)
+                    .bind(now)
+                    .bind(now)
+                    .bind(*size);
+            }
+            q.execute(&mut **tx).await?;
+        }
+        for (agent, bytes, count) in &self.usage {
+            sqlx::query(
+                "INSERT INTO mailbox_usage (agent_id, bytes, messages) VALUES ($1, $2, $3) \
+                 ON CONFLICT (agent_id) DO UPDATE SET bytes = mailbox_usage.bytes + $2, messages = mailbox_usage.messages + $3",
+            )
+            .bind(agent)
+            .bind(*bytes)
+            .bind(*count)
+            .execute(&mut **tx)
+            .await?;
+        }
+        crate::audit::append_many(tx, now, &self.audit).await?;
+        let events: Vec<(&str, Option<&str>, &serde_json::Value)> = self
+            .events
+            .iter()
+            .map(|(kind, agent, data)| (*kind, Some(agent.as_str()), data))
+            .collect();
+        crate::events::emit_many(tx, now, &events).await
     }
 }
 
