@@ -35,6 +35,11 @@ impl InboundHandler for Inbound {
     }
 
     async fn deliver(&self, msg: InboundMessage) -> Result<String, DeliverError> {
+        // A bounce (null sender) may report on mail an agent sent.
+        let report = msg
+            .mail_from
+            .is_empty()
+            .then(|| (msg.rcpt_to.clone(), msg.raw.clone()));
         let delivery = InboundDelivery {
             client_ip: msg.client_ip.to_string(),
             helo: msg.helo,
@@ -46,10 +51,21 @@ impl InboundHandler for Inbound {
             dmarc_policy: msg.auth.dmarc_policy,
             raw: msg.raw,
         };
-        self.ingest.deliver(delivery).await.map_err(|e| match e {
+        let id = self.ingest.deliver(delivery).await.map_err(|e| match e {
             DeliveryError::Temp => DeliverError::Temp,
             DeliveryError::Full => DeliverError::Full,
             DeliveryError::Rejected(why) => DeliverError::Perm(why),
-        })
+        })?;
+        // The report is stored either way; applying it is best effort.
+        if let Some((rcpt_to, raw)) = report
+            && let Err(e) = self
+                .ingest
+                .service()
+                .apply_delivery_report(&rcpt_to, &raw)
+                .await
+        {
+            tracing::warn!(error = %e, "could not apply a delivery report");
+        }
+        Ok(id)
     }
 }

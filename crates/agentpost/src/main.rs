@@ -6,7 +6,9 @@ mod apply;
 mod client;
 mod config;
 mod inbound;
+mod outbound;
 mod serve;
+mod submission;
 
 use agentpost_core::Ctx;
 use anyhow::{Result, bail};

@@ -2,8 +2,10 @@
 //! runs the HTTP API, the inbound SMTP listener and the background sweepers
 //! until SIGINT/SIGTERM.
 
-use crate::config::Resolved;
+use crate::config::{OutboundRoute, Resolved};
 use crate::inbound::Inbound;
+use crate::outbound::SmtpTransport;
+use crate::submission::Submission;
 use agentpost_core::clock::SystemClock;
 use agentpost_core::{Bootstrapped, Ingest, Service};
 use agentpost_smtp::{DnsResolver, SmtpConfig, StaticDns, TlsSource};
@@ -97,9 +99,22 @@ pub async fn run(cfg: Resolved) -> Result<()> {
         })?;
     let smtp_addr = smtp_listener.local_addr()?;
     let smtp_config = smtp_config(&cfg)?;
+    let submission_listener = tokio::net::TcpListener::bind(cfg.submission)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen for SMTP submission on {} (port taken? choose one with --submission)",
+                cfg.submission
+            )
+        })?;
+    let submission_addr = submission_listener.local_addr()?;
+    let mut submission_config = agentpost_smtp::SubmissionConfig::new(cfg.core.hostname.clone());
+    submission_config.tls = smtp_config.tls.clone();
+    let transport = Arc::new(SmtpTransport::new(outbound_config(&cfg)?));
     tracing::info!(
         http = %format!("http://{addr}"),
         smtp = %smtp_addr,
+        submission = %submission_addr,
         store = %cfg.store.describe(),
         "agentpost listening"
     );
@@ -121,6 +136,16 @@ pub async fn run(cfg: Resolved) -> Result<()> {
             let _ = smtp_stop.wait_for(|s| *s).await;
         },
     ));
+    let mut submission_stop = stop_rx.clone();
+    let submission = tokio::spawn(agentpost_smtp::serve_submission(
+        submission_listener,
+        submission_config,
+        Arc::new(Submission::new(svc.clone())),
+        async move {
+            let _ = submission_stop.wait_for(|s| *s).await;
+        },
+    ));
+    let delivery = tokio::spawn(svc.clone().run_outbound_worker(transport, stop_rx.clone()));
     let mut http_stop = stop_rx.clone();
     let server = axum::serve(
         listener,
@@ -140,8 +165,13 @@ pub async fn run(cfg: Resolved) -> Result<()> {
     smtp.await
         .context("smtp server task")?
         .context("smtp server")?;
+    submission
+        .await
+        .context("submission server task")?
+        .context("submission server")?;
     let _ = sweeper.await;
     let _ = webhooks.await;
+    let _ = delivery.await;
     Ok(())
 }
 
@@ -153,6 +183,8 @@ fn smtp_config(cfg: &Resolved) -> Result<SmtpConfig> {
         DnsResolver::fixed(StaticDns::new()).map_err(|e| anyhow::anyhow!("{e}"))?
     };
     let mut c = SmtpConfig::new(cfg.core.hostname.clone(), Arc::new(dns));
+    c.limits.max_connections = cfg.smtp_max_connections;
+    c.limits.max_connections_per_ip = cfg.smtp_max_connections_per_ip;
     if let Some((cert, key)) = &cfg.tls {
         c.tls = TlsSource::PemFiles {
             cert: cert.clone(),
@@ -160,6 +192,40 @@ fn smtp_config(cfg: &Resolved) -> Result<SmtpConfig> {
         };
     }
     Ok(c)
+}
+
+fn outbound_config(cfg: &Resolved) -> Result<agentpost_smtp::OutboundConfig> {
+    use agentpost_smtp::{DeliveryMode, MxResolver};
+    let mode = match &cfg.route {
+        OutboundRoute::Relay {
+            host,
+            port,
+            tls,
+            credentials,
+            accept_invalid_certs,
+        } => DeliveryMode::Relay {
+            host: host.clone(),
+            port: *port,
+            tls: *tls,
+            credentials: credentials.clone(),
+            accept_invalid_certs: *accept_invalid_certs,
+        },
+        OutboundRoute::Direct { nameserver, port } => {
+            let resolver = match nameserver {
+                Some(ns) => MxResolver::with_nameserver(*ns),
+                None => MxResolver::system(),
+            }
+            .map_err(|e| anyhow::anyhow!("cannot set up DNS for outbound delivery: {e} (or relay through a smarthost with --relay)"))?;
+            DeliveryMode::Direct {
+                resolver,
+                port: *port,
+            }
+        }
+    };
+    Ok(agentpost_smtp::OutboundConfig::new(
+        cfg.core.hostname.clone(),
+        mode,
+    ))
 }
 
 /// Periodic housekeeping; every node runs it, the work is idempotent.

@@ -27,7 +27,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 problem_response(
                     413,
                     "payload-too-large",
-                    "request body is larger than the limit (1 MiB)".into(),
+                    "request body is larger than this route accepts (1 MiB; 140 MiB for sends and drafts)".into(),
                     None,
                     None,
                 )

@@ -10,7 +10,7 @@ use agentpost_core::Service;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use metrics_exporter_prometheus::PrometheusHandle;
-use routes::{admin, agents, events, messages, nylas, system, webhooks};
+use routes::{admin, agents, events, messages, nylas, outbound, system, webhooks};
 use std::sync::Arc;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -95,8 +95,41 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(webhooks::test_webhook))
         .routes(routes!(webhooks::replay_webhook))
         .routes(routes!(events::list_events))
+        .routes(routes!(outbound::create_policy, outbound::list_policies))
+        .routes(routes!(
+            outbound::get_policy,
+            outbound::update_policy,
+            outbound::delete_policy
+        ))
+        .routes(routes!(outbound::usage))
+        .routes(routes!(outbound::list_drafts))
+        .routes(routes!(outbound::get_draft, outbound::delete_draft))
+        .routes(routes!(outbound::list_sends))
+        .routes(routes!(outbound::get_send))
+        .routes(routes!(outbound::get_send_raw))
+        .routes(routes!(outbound::confirm_send))
+        .routes(routes!(outbound::reject_send))
+        .routes(routes!(
+            outbound::create_app_password,
+            outbound::list_app_passwords
+        ))
+        .routes(routes!(outbound::revoke_app_password))
+        .merge(large_body_routes())
         .routes(routes!(nylas::connect_custom))
         .routes(routes!(nylas::get_grant, nylas::delete_grant))
+}
+
+/// Routes that carry whole messages with attachments: a policy allows up
+/// to 100 MiB outgoing, which is about 135 MiB as base64 in JSON.
+fn large_body_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(outbound::send_message))
+        .routes(routes!(outbound::reply_message))
+        .routes(routes!(outbound::forward_message))
+        .routes(routes!(outbound::create_draft))
+        .routes(routes!(outbound::update_draft))
+        .routes(routes!(outbound::send_draft))
+        .layer(DefaultBodyLimit::max(middleware::LARGE_BODY_LIMIT))
 }
 
 /// Operational routes: no credential.

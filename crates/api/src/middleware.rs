@@ -16,6 +16,8 @@ use std::time::Instant;
 pub const REQUEST_ID: &str = "x-request-id";
 /// JSON bodies are small; anything bigger is a mistake or an attack.
 pub const BODY_LIMIT: usize = 1024 * 1024;
+/// Routes that carry messages (send, drafts) take up to this much.
+pub const LARGE_BODY_LIMIT: usize = 140 * 1024 * 1024;
 
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);
@@ -123,11 +125,12 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
         return next.run(req).await;
     };
     let (parts, body) = req.into_parts();
-    let Ok(bytes) = to_bytes(body, BODY_LIMIT).await else {
+    // The route's own limit still applies when its handler reads the body.
+    let Ok(bytes) = to_bytes(body, LARGE_BODY_LIMIT).await else {
         return problem_response(
             413,
             "payload-too-large",
-            "request body is larger than the limit (1 MiB)".into(),
+            "request body is larger than the limit".into(),
             None,
             None,
         );

@@ -24,6 +24,8 @@ pub enum CredentialKind {
     Admin,
     Agent,
     Approver,
+    /// SMTP submission password for one agent (never an HTTP bearer token).
+    AppPassword,
 }
 
 impl CredentialKind {
@@ -32,6 +34,7 @@ impl CredentialKind {
             CredentialKind::Admin => "ap_adm_",
             CredentialKind::Agent => "ap_agt_",
             CredentialKind::Approver => "ap_apr_",
+            CredentialKind::AppPassword => "ap_app_",
         }
     }
     pub fn as_str(self) -> &'static str {
@@ -39,6 +42,7 @@ impl CredentialKind {
             CredentialKind::Admin => "admin",
             CredentialKind::Agent => "agent",
             CredentialKind::Approver => "approver",
+            CredentialKind::AppPassword => "app_password",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -46,6 +50,7 @@ impl CredentialKind {
             "admin" => Some(CredentialKind::Admin),
             "agent" => Some(CredentialKind::Agent),
             "approver" => Some(CredentialKind::Approver),
+            "app_password" => Some(CredentialKind::AppPassword),
             _ => None,
         }
     }
@@ -114,6 +119,7 @@ pub fn parse(presented: &str) -> Result<CredentialKind, FormatError> {
         CredentialKind::Admin,
         CredentialKind::Agent,
         CredentialKind::Approver,
+        CredentialKind::AppPassword,
     ]
     .into_iter()
     .find(|k| presented.starts_with(k.prefix()))

@@ -201,6 +201,7 @@ impl Server {
             .env("AGENTPOST_LOG", "debug,sqlx=info,hyper=info,h2=info")
             // Any free port (tests run side by side), no DNS lookups for sender authentication.
             .env("AGENTPOST_SMTP", "127.0.0.1:0")
+            .env("AGENTPOST_SUBMISSION", "127.0.0.1:0")
             .env("AGENTPOST_SMTP_DNS", "offline")
             .env_remove("AGENTPOST_ADMIN_KEY_FILE")
             .current_dir(store.dir.path())

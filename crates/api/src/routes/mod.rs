@@ -5,5 +5,6 @@ pub mod agents;
 pub mod events;
 pub mod messages;
 pub mod nylas;
+pub mod outbound;
 pub mod system;
 pub mod webhooks;

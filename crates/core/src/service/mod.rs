@@ -12,6 +12,10 @@ mod export;
 mod idempotency;
 mod mailbox;
 pub use mailbox::*;
+mod policies;
+pub use policies::{Confirmation, Policy, PolicyInput, PolicySettings};
+mod outbound;
+pub use outbound::*;
 mod trail;
 pub(crate) mod webhooks;
 pub use webhooks::{
@@ -67,6 +71,8 @@ pub struct CoreConfig {
     pub tombstone_days: i64,
     /// Webhook delivery (private targets, retry schedule, timeouts).
     pub webhooks: WebhookSettings,
+    /// The outbound delivery queue (retries, give-up time, leases).
+    pub outbound: OutboundSettings,
 }
 
 impl Default for CoreConfig {
@@ -76,6 +82,7 @@ impl Default for CoreConfig {
             hostname: "localhost".into(),
             tombstone_days: 90,
             webhooks: WebhookSettings::default(),
+            outbound: OutboundSettings::default(),
         }
     }
 }
@@ -198,6 +205,8 @@ pub struct Service {
     pub(crate) db: Db,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) cfg: CoreConfig,
+    /// Wakes this node's delivery worker when a send is queued.
+    pub(crate) outbound_wake: Arc<tokio::sync::Notify>,
 }
 
 /// Page sizes: default 50, at most 200.
@@ -235,7 +244,12 @@ impl Service {
         clock: Arc<dyn Clock>,
     ) -> Result<Self> {
         let db = Db::open(location).await?;
-        Ok(Service { db, clock, cfg })
+        Ok(Service {
+            db,
+            clock,
+            cfg,
+            outbound_wake: Arc::new(tokio::sync::Notify::new()),
+        })
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -305,6 +319,9 @@ impl Service {
             }
         };
         let hint = Some(hint_for(kind, &secret::last4(presented)));
+        if kind == CredentialKind::AppPassword {
+            return Err(fail("app passwords are for SMTP submission only", hint).await);
+        }
         let row = sqlx::query(
             "SELECT c.id, c.kind, c.agent_id, c.name, c.subject, c.scopes, c.expires_at, c.revoked_at, \
              c.last_used_at, a.status FROM credentials c LEFT JOIN agents a ON a.id = c.agent_id \
@@ -350,6 +367,8 @@ impl Service {
                 CredentialKind::Admin => PrincipalKind::Admin,
                 CredentialKind::Agent => PrincipalKind::Agent,
                 CredentialKind::Approver => PrincipalKind::Approver,
+                // Refused above: app passwords never authenticate HTTP.
+                CredentialKind::AppPassword => PrincipalKind::Agent,
             },
             credential_id: Some(CredentialId(id)),
             credential_hint: hint,

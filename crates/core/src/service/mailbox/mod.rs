@@ -10,8 +10,8 @@
 //!   and export;
 //! - `parse`: raw message -> metadata (mail-parser).
 
-mod ingest;
-mod parse;
+pub(crate) mod ingest;
+pub(crate) mod parse;
 mod read;
 mod retention;
 mod write;
@@ -27,7 +27,6 @@ pub use write::{MessagePatch, Removed};
 
 use super::{Ctx, PrincipalKind, Service};
 use crate::error::{Error, Result};
-use serde_json::Value;
 use sqlx::Any;
 
 /// The system folders; anything else a caller names is a label.
@@ -50,38 +49,44 @@ pub(crate) struct MailboxPolicy {
     pub spam_retention_days: i64,
 }
 
-impl MailboxPolicy {
-    fn from_settings(settings: Option<&Value>) -> Self {
-        let get = |k: &str, d: i64| {
-            settings
-                .and_then(|s| s.get(k))
-                .and_then(Value::as_i64)
-                .filter(|v| *v >= 0)
-                .unwrap_or(d)
-        };
-        MailboxPolicy {
-            storage_bytes: get("storage_bytes", DEFAULT_STORAGE_BYTES),
-            inbox_retention_days: get("inbox_retention_days", DEFAULT_INBOX_RETENTION_DAYS),
-            spam_retention_days: get("spam_retention_days", DEFAULT_SPAM_RETENTION_DAYS),
-        }
-    }
-}
-
 /// The agent's own policy, else the organisation's default one, else the
 /// built-in defaults.
 pub(crate) async fn mailbox_policy<'e, E>(exec: E, policy_id: Option<&str>) -> Result<MailboxPolicy>
 where
     E: sqlx::Executor<'e, Database = Any>,
 {
-    let row: Option<(String,)> = sqlx::query_as(
-        "SELECT settings FROM policies WHERE id = $1 OR (is_default = 1 AND NOT EXISTS (SELECT 1 FROM policies WHERE id = $1)) \
-         ORDER BY is_default LIMIT 1",
-    )
-    .bind(policy_id.unwrap_or(""))
-    .fetch_optional(exec)
-    .await?;
-    let settings = row.and_then(|(s,)| serde_json::from_str::<Value>(&s).ok());
-    Ok(MailboxPolicy::from_settings(settings.as_ref()))
+    let s = super::policies::effective_policy(exec, policy_id).await?;
+    Ok(MailboxPolicy {
+        storage_bytes: s.storage_bytes,
+        inbox_retention_days: s.inbox_retention_days,
+        spam_retention_days: s.spam_retention_days,
+    })
+}
+
+/// The `message.received` payload: the model-safe view, never the raw
+/// message (a link to it instead).
+pub(crate) fn received_event(
+    agent_id: &str,
+    address: &str,
+    message_id: &str,
+    thread_id: &str,
+    folder: &str,
+    pm: &parse::Parsed,
+    size: i64,
+) -> serde_json::Value {
+    serde_json::json!({
+        "agent_id": agent_id,
+        "address": address,
+        "message_id": message_id,
+        "thread_id": thread_id,
+        "folder": folder,
+        "from": pm.from.first().and_then(|a| a.address.clone()),
+        "subject": pm.subject,
+        "snippet": pm.snippet,
+        "safe": { "text": pm.safe_text, "risk": pm.risk, "findings": pm.finding_kinds },
+        "size_bytes": size,
+        "raw_path": format!("/v1/agents/{agent_id}/messages/{message_id}?view=raw"),
+    })
 }
 
 pub(crate) fn bool_of(v: i64) -> bool {
@@ -116,7 +121,7 @@ impl Service {
         agent: &super::Agent,
         action: &'static str,
         target: Option<String>,
-        details: Value,
+        details: serde_json::Value,
     ) -> Result<()> {
         if ctx.principal.kind != PrincipalKind::Admin {
             return Ok(());
@@ -136,16 +141,17 @@ impl Service {
 
 #[cfg(test)]
 mod tests {
+    use super::super::policies::PolicySettings;
     use super::*;
     use serde_json::json;
 
     #[test]
     fn policy_settings_fall_back_to_defaults() {
-        let p = MailboxPolicy::from_settings(None);
+        let p = PolicySettings::from_stored("not json");
         assert_eq!(p.storage_bytes, DEFAULT_STORAGE_BYTES);
         let s =
             json!({ "storage_bytes": 1000, "spam_retention_days": 0, "inbox_retention_days": "x" });
-        let p = MailboxPolicy::from_settings(Some(&s));
+        let p = PolicySettings::from_stored(&s.to_string());
         assert_eq!(
             (
                 p.storage_bytes,

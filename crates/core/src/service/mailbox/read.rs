@@ -318,11 +318,12 @@ impl Service {
         if let Some(t) = parse_time("received_before", q.received_before.as_deref())? {
             add("e.received_at < $?", Bind::I(t), &mut binds, &mut conds);
         }
+        let mut search: Option<String> = None;
         if let Some(text) = q.q.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
             if text.chars().count() > 500 {
                 return Err(Error::invalid("q", "must be at most 500 characters"));
             }
-            match self.db.dialect {
+            search = Some(match self.db.dialect {
                 Dialect::Sqlite => {
                     let Some(m) = fts5_query(text) else {
                         return Ok(Page {
@@ -330,20 +331,10 @@ impl Service {
                             next_cursor: None,
                         });
                     };
-                    add(
-                        "m.seq IN (SELECT rowid FROM message_search WHERE message_search MATCH $?)",
-                        Bind::S(m),
-                        &mut binds,
-                        &mut conds,
-                    );
+                    m
                 }
-                Dialect::Postgres => add(
-                    "m.seq IN (SELECT rowid FROM message_search WHERE tsv @@ websearch_to_tsquery('simple', $?))",
-                    Bind::S(text.to_string()),
-                    &mut binds,
-                    &mut conds,
-                ),
-            }
+                Dialect::Postgres => text.to_string(),
+            });
         }
         if let Some(c) = &q.cursor {
             let (t, id) = parse_cursor(c)?;
@@ -355,20 +346,18 @@ impl Service {
                 "(e.received_at < ${ti} OR (e.received_at = ${ti} AND e.message_id < ${ii}))"
             ));
         }
-        let sql = format!(
-            "SELECT {SUMMARY_COLUMNS} FROM mailbox_entries e JOIN messages m ON m.id = e.message_id WHERE {} \
-             ORDER BY e.received_at DESC, e.message_id DESC LIMIT {}",
-            conds.join(" AND "),
-            limit + 1
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for b in binds {
-            query = match b {
-                Bind::I(i) => query.bind(i),
-                Bind::S(s) => query.bind(s),
-            };
-        }
-        let rows = query.fetch_all(&self.db.pool).await?;
+        let rows = match search {
+            None => {
+                let sql = format!(
+                    "SELECT {SUMMARY_COLUMNS} FROM mailbox_entries e JOIN messages m ON m.id = e.message_id WHERE {} \
+                     ORDER BY e.received_at DESC, e.message_id DESC LIMIT {}",
+                    conds.join(" AND "),
+                    limit + 1
+                );
+                fetch_with(&self.db.pool, sql, &binds).await?
+            }
+            Some(m) => self.search_page(&conds, binds, m, limit).await?,
+        };
         let mut list = rows
             .iter()
             .map(summary_from_row)
@@ -386,6 +375,77 @@ impl Service {
         )
         .await?;
         Ok(page)
+    }
+
+    /// A page of full-text matches among the entries that satisfy `conds`.
+    ///
+    /// Two plans, because no planner knows how common a word is in one
+    /// mailbox: first the newest `SEARCH_WINDOW` entries are probed one by
+    /// one against the index (cheap per entry, and enough when the words
+    /// are common or the mailbox is small); only when that window is full
+    /// and yields less than a page does the search start from the index's
+    /// matches instead (cheap when the words are rare).
+    async fn search_page(
+        &self,
+        conds: &[String],
+        mut binds: Vec<Bind>,
+        search: String,
+        limit: i64,
+    ) -> Result<Vec<sqlx::any::AnyRow>> {
+        const SEARCH_WINDOW: i64 = 200;
+        binds.push(Bind::S(search));
+        let qi = binds.len();
+        let (probe, matches) = match self.db.dialect {
+            Dialect::Sqlite => (
+                format!(
+                    "EXISTS (SELECT 1 FROM message_search WHERE message_search.rowid = m.seq AND message_search MATCH ${qi})"
+                ),
+                format!("message_search MATCH ${qi}"),
+            ),
+            Dialect::Postgres => (
+                format!(
+                    "EXISTS (SELECT 1 FROM message_search s WHERE s.rowid = m.seq AND s.tsv @@ websearch_to_tsquery('simple', ${qi}))"
+                ),
+                format!("message_search.tsv @@ websearch_to_tsquery('simple', ${qi})"),
+            ),
+        };
+        let base = conds.join(" AND ");
+        let window = format!(
+            "SELECT e.message_id FROM mailbox_entries e JOIN messages m ON m.id = e.message_id WHERE {base} \
+             ORDER BY e.received_at DESC, e.message_id DESC LIMIT {SEARCH_WINDOW}"
+        );
+        let sql = format!(
+            "SELECT {SUMMARY_COLUMNS} FROM mailbox_entries e JOIN messages m ON m.id = e.message_id \
+             WHERE e.agent_id = $1 AND e.message_id IN (SELECT message_id FROM ({window}) w) AND {probe} \
+             ORDER BY e.received_at DESC, e.message_id DESC LIMIT {}",
+            limit + 1
+        );
+        let rows = fetch_with(&self.db.pool, sql, &binds).await?;
+        if rows.len() as i64 > limit {
+            return Ok(rows);
+        }
+        let (in_window,): (i64,) = {
+            let sql = format!("SELECT COUNT(*) FROM ({window}) w");
+            let mut q = sqlx::query_as::<_, (i64,)>(AssertSqlSafe(sql));
+            for b in &binds[..qi - 1] {
+                q = match b {
+                    Bind::I(i) => q.bind(*i),
+                    Bind::S(s) => q.bind(s.clone()),
+                };
+            }
+            q.fetch_one(&self.db.pool).await?
+        };
+        if in_window < SEARCH_WINDOW {
+            return Ok(rows); // the window held every candidate
+        }
+        // CROSS JOIN keeps SQLite's join order: from the index's matches.
+        let sql = format!(
+            "SELECT {SUMMARY_COLUMNS} FROM message_search CROSS JOIN messages m CROSS JOIN mailbox_entries e \
+             WHERE {matches} AND m.seq = message_search.rowid AND e.message_id = m.id AND {base} \
+             ORDER BY e.received_at DESC, e.message_id DESC LIMIT {}",
+            limit + 1
+        );
+        fetch_with(&self.db.pool, sql, &binds).await
     }
 
     async fn fill_labels(&self, agent_id: &str, list: &mut [MessageSummary]) -> Result<()> {
@@ -411,7 +471,11 @@ impl Service {
     }
 
     /// The row of one filed message, or *not found*.
-    async fn entry_row(&self, agent: &Agent, message_id: &str) -> Result<sqlx::any::AnyRow> {
+    pub(crate) async fn entry_row(
+        &self,
+        agent: &Agent,
+        message_id: &str,
+    ) -> Result<sqlx::any::AnyRow> {
         let id = uuid::Uuid::parse_str(message_id).map_err(|_| Error::not_found("message"))?;
         let sql = format!(
             "SELECT {SUMMARY_COLUMNS}, m.blob_hash, m.reply_to_json, m.in_reply_to, m.refs, m.mail_from, m.client_ip, m.helo, \
@@ -426,7 +490,7 @@ impl Service {
             .ok_or_else(|| Error::not_found("message"))
     }
 
-    async fn blob_of(&self, row: &sqlx::any::AnyRow) -> Result<Vec<u8>> {
+    pub(crate) async fn blob_of(&self, row: &sqlx::any::AnyRow) -> Result<Vec<u8>> {
         let hash: String = row.try_get("blob_hash")?;
         self.db
             .blobs
@@ -588,46 +652,13 @@ impl Service {
             .mailbox_access(ctx, agent_id, "mail.read", "thread.list")
             .await?;
         let limit = page_limit(q.limit)?;
-        let mut binds = vec![Bind::S(agent.id.0.clone())];
-        let mut conds = vec!["e.agent_id = $1".to_string()];
-        match &q.folder {
-            Some(f) => {
-                check_folder("folder", f)?;
-                binds.push(Bind::S(f.clone()));
-                conds.push(format!("e.folder = ${}", binds.len()));
-            }
-            None => conds.push("e.folder <> 'trash'".into()),
+        if let Some(f) = &q.folder {
+            check_folder("folder", f)?;
         }
-        let mut having = String::new();
-        if let Some(c) = &q.cursor {
-            let (t, id) = parse_cursor(c)?;
-            binds.push(Bind::I(t));
-            let ti = binds.len();
-            binds.push(Bind::S(id));
-            let ii = binds.len();
-            having = format!(
-                " HAVING (MAX(e.received_at) < ${ti} OR (MAX(e.received_at) = ${ti} AND t.id < ${ii}))"
-            );
-        }
-        let sql = format!(
-            "SELECT t.id, t.subject, t.participants, COUNT(*) AS n, CAST(SUM(e.unread) AS BIGINT) AS unread, \
-             MAX(e.received_at) AS latest FROM mailbox_entries e JOIN threads t ON t.id = e.thread_id WHERE {} \
-             GROUP BY t.id, t.subject, t.participants{having} ORDER BY latest DESC, t.id DESC LIMIT {}",
-            conds.join(" AND "),
-            limit + 1
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for b in binds {
-            query = match b {
-                Bind::I(i) => query.bind(i),
-                Bind::S(s) => query.bind(s),
-            };
-        }
-        let rows = query.fetch_all(&self.db.pool).await?;
-        let out = rows
-            .iter()
-            .map(thread_from_row)
-            .collect::<Result<Vec<_>>>()?;
+        let cursor = q.cursor.as_deref().map(parse_cursor).transpose()?;
+        let out = self
+            .thread_page(&agent.id.0, q.folder.as_deref(), cursor, limit)
+            .await?;
         let page = paginate(out, limit, |t| format!("{}.{}", t.latest_at_micros, t.id));
         self.audit_admin_read(
             ctx,
@@ -638,6 +669,131 @@ impl Service {
         )
         .await?;
         Ok(page)
+    }
+
+    /// One page of threads, most recently active first, without
+    /// aggregating the whole mailbox: walk the agent's entries newest first
+    /// (from the cursor's time on) through the time index, collect distinct
+    /// threads, and aggregate only those. A thread whose newest message is
+    /// newer than the cursor was on an earlier page and is skipped. The walk
+    /// stops once `limit + 1` threads are certain: the ones newer than the
+    /// last entry read (a thread not yet seen is not newer than that).
+    async fn thread_page(
+        &self,
+        agent_id: &str,
+        folder: Option<&str>,
+        cursor: Option<(i64, String)>,
+        limit: i64,
+    ) -> Result<Vec<ThreadSummary>> {
+        // Rows read per step: a page's worth first, then doubling.
+        let mut chunk_rows = limit + 1;
+        let folder_cond = match folder {
+            Some(_) => "e.folder = $2",
+            None => "e.folder <> 'trash'",
+        };
+        let mut seen = std::collections::HashSet::new();
+        let mut found: Vec<ThreadSummary> = vec![];
+        // Position of the walk: (received_at, message_id) of the last entry read.
+        let mut pos: Option<(i64, String)> = None;
+        loop {
+            let mut binds = vec![Bind::S(agent_id.to_string())];
+            if let Some(f) = folder {
+                binds.push(Bind::S(f.to_string()));
+            }
+            let mut conds = vec!["e.agent_id = $1".to_string(), folder_cond.to_string()];
+            match (&pos, &cursor) {
+                (Some((t, id)), _) => {
+                    binds.push(Bind::I(*t));
+                    let ti = binds.len();
+                    binds.push(Bind::S(id.clone()));
+                    let ii = binds.len();
+                    conds.push(format!(
+                        "(e.received_at < ${ti} OR (e.received_at = ${ti} AND e.message_id < ${ii}))"
+                    ));
+                }
+                (None, Some((t, _))) => {
+                    binds.push(Bind::I(*t));
+                    conds.push(format!("e.received_at <= ${}", binds.len()));
+                }
+                (None, None) => {}
+            }
+            let sql = format!(
+                "SELECT e.thread_id, e.received_at, e.message_id FROM mailbox_entries e WHERE {} \
+                 ORDER BY e.received_at DESC, e.message_id DESC LIMIT {chunk_rows}",
+                conds.join(" AND ")
+            );
+            let mut query = sqlx::query_as::<_, (String, i64, String)>(AssertSqlSafe(sql));
+            for b in binds {
+                query = match b {
+                    Bind::I(i) => query.bind(i),
+                    Bind::S(s) => query.bind(s),
+                };
+            }
+            let rows = query.fetch_all(&self.db.pool).await?;
+            let exhausted = (rows.len() as i64) < chunk_rows;
+            chunk_rows = (chunk_rows * 2).min(1024);
+            let new: Vec<String> = rows
+                .iter()
+                .filter(|r| seen.insert(r.0.clone()))
+                .map(|r| r.0.clone())
+                .collect();
+            pos = rows.last().map(|r| (r.1, r.2.clone()));
+            for chunk in new.chunks(100) {
+                let mut binds = vec![Bind::S(agent_id.to_string())];
+                if let Some(f) = folder {
+                    binds.push(Bind::S(f.to_string()));
+                }
+                let first = binds.len() + 1;
+                let marks: Vec<String> = (0..chunk.len())
+                    .map(|i| format!("${}", first + i))
+                    .collect();
+                let sql = format!(
+                    "SELECT t.id, t.subject, t.participants, COUNT(*) AS n, CAST(SUM(e.unread) AS BIGINT) AS unread, \
+                     MAX(e.received_at) AS latest FROM mailbox_entries e JOIN threads t ON t.id = e.thread_id \
+                     WHERE e.agent_id = $1 AND {folder_cond} AND e.thread_id IN ({}) GROUP BY t.id, t.subject, t.participants",
+                    marks.join(", ")
+                );
+                let mut query = sqlx::query(AssertSqlSafe(sql));
+                for b in binds {
+                    query = match b {
+                        Bind::I(i) => query.bind(i),
+                        Bind::S(s) => query.bind(s),
+                    };
+                }
+                for t in chunk {
+                    query = query.bind(t.clone());
+                }
+                for row in query.fetch_all(&self.db.pool).await? {
+                    let t = thread_from_row(&row)?;
+                    let on_this_page = match &cursor {
+                        None => true,
+                        Some((ct, cid)) => {
+                            t.latest_at_micros < *ct
+                                || (t.latest_at_micros == *ct && t.id.as_str() < cid.as_str())
+                        }
+                    };
+                    if on_this_page {
+                        found.push(t);
+                    }
+                }
+            }
+            let certain = match &pos {
+                Some((t, _)) if !exhausted => {
+                    found.iter().filter(|f| f.latest_at_micros > *t).count() as i64
+                }
+                _ => i64::MAX,
+            };
+            if exhausted || certain > limit {
+                break;
+            }
+        }
+        found.sort_by(|a, b| {
+            b.latest_at_micros
+                .cmp(&a.latest_at_micros)
+                .then_with(|| b.id.cmp(&a.id))
+        });
+        found.truncate(limit as usize + 1);
+        Ok(found)
     }
 
     /// One thread with its messages, oldest first (scope `mail.read`).
@@ -749,6 +905,21 @@ impl Service {
             storage_quota_bytes: policy.storage_bytes,
         })
     }
+}
+
+async fn fetch_with(
+    pool: &sqlx::AnyPool,
+    sql: String,
+    binds: &[Bind],
+) -> Result<Vec<sqlx::any::AnyRow>> {
+    let mut query = sqlx::query(AssertSqlSafe(sql));
+    for b in binds {
+        query = match b {
+            Bind::I(i) => query.bind(*i),
+            Bind::S(s) => query.bind(s.clone()),
+        };
+    }
+    Ok(query.fetch_all(pool).await?)
 }
 
 fn thread_from_row(r: &sqlx::any::AnyRow) -> Result<ThreadSummary> {
