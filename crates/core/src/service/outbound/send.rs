@@ -440,9 +440,15 @@ impl Service {
     ) -> Result<SendInfo> {
         let hold = self.needs_confirmation(policy, &out.recipients).await?;
         let sha = sha256_hex(&out.raw);
-        // Durable before the transaction; an aborted send leaves an orphan
-        // blob that the collector removes.
-        let blob_hash = self.db.blobs.put_alone(&self.db.pool, &out.raw).await?;
+        // A blob file is fsynced before the transaction (an aborted send
+        // leaves an orphan the collector removes); a database blob joins
+        // the transaction instead, saving a commit per send.
+        let file_blob = match self.db.blobs {
+            crate::store::BlobStore::Files(_) => {
+                Some(self.db.blobs.put_alone(&self.db.pool, &out.raw).await?)
+            }
+            crate::store::BlobStore::Database => None,
+        };
         let parsed = if hold {
             None
         } else {
@@ -458,6 +464,10 @@ impl Service {
             tx.rollback().await?;
             return Err(self.refuse_over_cap(ctx, agent, over).await);
         }
+        let blob_hash = match file_blob {
+            Some(h) => h,
+            None => self.db.blobs.put(&mut tx, &out.raw).await?,
+        };
         if let Some((draft_id, version)) = &out.draft {
             let current: Option<(i64,)> =
                 sqlx::query_as("SELECT version FROM drafts WHERE id = $1 AND agent_id = $2")
