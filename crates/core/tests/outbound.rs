@@ -249,6 +249,8 @@ async fn confirmation_is_two_step(pg: bool) {
     assert_eq!(held.status, "pending_confirmation");
     assert_eq!(held.sha256.len(), 64);
     assert!(held.expires_at.is_some());
+    // The blob collector keeps the bytes of a send that waits.
+    svc.sweep_retention().await.expect("sweep");
     let raw = svc
         .get_send_raw(&sponsor, &held.send_id)
         .await

@@ -45,6 +45,8 @@ CREATE TABLE sends (
 CREATE INDEX sends_agent ON sends(agent_id, id);
 CREATE INDEX sends_status ON sends(status, expires_at);
 CREATE INDEX sends_message_id ON sends(message_id_header);
+-- The blob collector asks whether a send still needs its bytes.
+CREATE INDEX sends_blob ON sends(blob_hash);
 
 -- Sends counted per agent and period ('day:2026-11-28', 'hour:2026-11-28T18'),
 -- incremented in the same transaction as the send it counts.

@@ -29,7 +29,8 @@ const DAY_MICROS: i64 = 86_400 * 1_000_000;
 
 /// Every place that may reference a blob. A new table that stores blob
 /// hashes must be added here, or its blobs will be collected.
-const BLOB_REFERENCES: &str = "SELECT 1 FROM messages WHERE blob_hash = $1 UNION ALL SELECT 1 FROM exports WHERE blob_hash = $1";
+const BLOB_REFERENCES: &str = "SELECT 1 FROM messages WHERE blob_hash = $1 UNION ALL SELECT 1 FROM exports WHERE blob_hash = $1 \
+     UNION ALL SELECT 1 FROM sends WHERE blob_hash = $1";
 
 #[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct RetentionReport {

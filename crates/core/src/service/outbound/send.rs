@@ -464,9 +464,12 @@ impl Service {
             tx.rollback().await?;
             return Err(self.refuse_over_cap(ctx, agent, over).await);
         }
+        // The collector may have removed the file a moment ago, before this
+        // send referenced it; it deletes under this same lock, so checking
+        // here is enough.
         let blob_hash = match file_blob {
-            Some(h) => h,
-            None => self.db.blobs.put(&mut tx, &out.raw).await?,
+            Some(h) if self.db.blobs.exists(&mut tx, &h).await? => h,
+            _ => self.db.blobs.put(&mut tx, &out.raw).await?,
         };
         if let Some((draft_id, version)) = &out.draft {
             let current: Option<(i64,)> =
@@ -1048,6 +1051,16 @@ impl Service {
     ) -> Result<SendInfo> {
         self.expire_pending_sends().await?;
         let (info, agent) = self.decider(ctx, send_id, "send.confirm").await?;
+        if agent.status != AgentStatus::Active {
+            return Err(Error::conflict(
+                "agent-not-active",
+                format!(
+                    "the agent is {}; its sends cannot be confirmed",
+                    agent.status.as_str()
+                ),
+            ));
+        }
+
         if let Some(expected) = sha256
             && !expected.eq_ignore_ascii_case(&info.sha256)
         {
