@@ -46,6 +46,34 @@ pub async fn serve<H: InboundHandler>(
         handler,
         tls,
     });
+    accept_loop(
+        listener,
+        &limits,
+        shutdown,
+        "smtp",
+        move |socket, peer, mut sd| {
+            let ctx = ctx.clone();
+            async move { handle_connection(ctx, socket, peer, &mut sd).await }
+        },
+    )
+    .await;
+    Ok(())
+}
+
+/// The accept loop shared by the inbound and submission listeners: the
+/// connection limits overall and per client address, one task per
+/// connection, and a graceful stop once `shutdown` completes (sessions are
+/// told to finish, and this returns when the last one has closed).
+pub(crate) async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    limits: &crate::config::Limits,
+    shutdown: impl Future<Output = ()> + Send,
+    listener_name: &'static str,
+    handle: F,
+) where
+    F: Fn(TcpStream, SocketAddr, Shutdown) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let (notify_shutdown, _) = broadcast::channel::<()>(1);
     // Every connection task holds a sender; when all are dropped, `recv`
     // returns `None` and we know every session has closed.
@@ -61,7 +89,7 @@ pub async fn serve<H: InboundHandler>(
                 Err(err) => {
                     // Usually out of file descriptors: back off instead of
                     // spinning.
-                    tracing::warn!(%err, "accept failed");
+                    tracing::warn!(%err, listener = listener_name, "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -70,21 +98,20 @@ pub async fn serve<H: InboundHandler>(
         };
 
         let Ok(permit) = connections.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "connection limit reached");
+            tracing::warn!(%peer, listener = listener_name, "connection limit reached");
             reject(socket, reply::TOO_MANY_CONNECTIONS);
             continue;
         };
         let Some(ip_slot) = IpSlot::take(&per_ip, peer.ip(), limits.max_connections_per_ip) else {
-            tracing::warn!(%peer, "per-address connection limit reached");
+            tracing::warn!(%peer, listener = listener_name, "per-address connection limit reached");
             reject(socket, reply::TOO_MANY_FROM_IP);
             continue;
         };
 
-        let ctx = ctx.clone();
-        let mut shutdown = Shutdown::new(notify_shutdown.subscribe());
+        let session = handle(socket, peer, Shutdown::new(notify_shutdown.subscribe()));
         let done = done_tx.clone();
         tokio::spawn(async move {
-            handle_connection(ctx, socket, peer, &mut shutdown).await;
+            session.await;
             drop((permit, ip_slot, done));
         });
     }
@@ -93,7 +120,6 @@ pub async fn serve<H: InboundHandler>(
     drop(notify_shutdown);
     drop(done_tx);
     let _ = done_rx.recv().await;
-    Ok(())
 }
 
 async fn handle_connection<H: InboundHandler>(
@@ -129,7 +155,7 @@ async fn handle_connection<H: InboundHandler>(
 }
 
 /// Answers `421` and closes, without holding up the accept loop.
-pub(crate) fn reject(mut socket: TcpStream, reply: Reply) {
+fn reject(mut socket: TcpStream, reply: Reply) {
     tokio::spawn(async move {
         let mut line = Vec::new();
         reply.write_to(&mut line);
@@ -142,17 +168,13 @@ pub(crate) fn reject(mut socket: TcpStream, reply: Reply) {
 }
 
 /// One connection's share of its client address's limit; released on drop.
-pub(crate) struct IpSlot {
+struct IpSlot {
     map: Arc<Mutex<HashMap<IpAddr, usize>>>,
     ip: IpAddr,
 }
 
 impl IpSlot {
-    pub(crate) fn take(
-        map: &Arc<Mutex<HashMap<IpAddr, usize>>>,
-        ip: IpAddr,
-        max: usize,
-    ) -> Option<Self> {
+    fn take(map: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr, max: usize) -> Option<Self> {
         let mut counts = map.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let count = counts.entry(ip).or_insert(0);
         if *count >= max {

@@ -2,20 +2,16 @@
 //! limits as the inbound side, runs a session per connection (upgrading to
 //! TLS on STARTTLS) and shuts down gracefully on one broadcast signal.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, broadcast, mpsc};
 
 use super::config::SubmissionConfig;
 use super::handler::SubmissionHandler;
 use super::session::{Context, Session};
-use crate::reply;
-use crate::server::{IpSlot, ServeError, Shutdown, reject};
+use crate::server::{ServeError, Shutdown, accept_loop};
 use crate::session::{Io, Next};
 use crate::tls::{self, TlsSource};
 
@@ -54,50 +50,17 @@ pub async fn serve_submission<H: SubmissionHandler>(
         handler,
         tls,
     });
-    let (notify_shutdown, _) = broadcast::channel::<()>(1);
-    // Every connection task holds a sender; when all are dropped, `recv`
-    // returns `None` and we know every session has closed.
-    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
-    let connections = Arc::new(Semaphore::new(limits.max_connections));
-    let per_ip = Arc::new(Mutex::new(HashMap::<IpAddr, usize>::new()));
-
-    tokio::pin!(shutdown);
-    loop {
-        let (socket, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(err) => {
-                    tracing::warn!(%err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
-
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "submission connection limit reached");
-            reject(socket, reply::TOO_MANY_CONNECTIONS);
-            continue;
-        };
-        let Some(ip_slot) = IpSlot::take(&per_ip, peer.ip(), limits.max_connections_per_ip) else {
-            tracing::warn!(%peer, "submission per-address connection limit reached");
-            reject(socket, reply::TOO_MANY_FROM_IP);
-            continue;
-        };
-
-        let ctx = ctx.clone();
-        let mut shutdown = Shutdown::new(notify_shutdown.subscribe());
-        let done = done_tx.clone();
-        tokio::spawn(async move {
-            handle_connection(ctx, socket, peer, &mut shutdown).await;
-            drop((permit, ip_slot, done));
-        });
-    }
-
-    drop(notify_shutdown);
-    drop(done_tx);
-    let _ = done_rx.recv().await;
+    accept_loop(
+        listener,
+        &limits,
+        shutdown,
+        "submission",
+        move |socket, peer, mut sd| {
+            let ctx = ctx.clone();
+            async move { handle_connection(ctx, socket, peer, &mut sd).await }
+        },
+    )
+    .await;
     Ok(())
 }
 
