@@ -309,6 +309,37 @@ async fn confirmation_is_two_step(pg: bool) {
         (rejected.status.as_str(), rejected.reason.as_deref()),
         ("rejected", Some("not today"))
     );
+
+    // Decommissioning revokes app passwords and voids what waits for a human.
+    let pw = svc
+        .create_app_password(&Ctx::system("test"), &id, Default::default())
+        .await
+        .expect("app password");
+    svc.authenticate_app_password("careful@agents.localhost", &pw.password, "127.0.0.1")
+        .await
+        .expect("app password works");
+    let waiting = svc
+        .send_message(&ctx, &id, to("inbox@agents.localhost", "left behind"))
+        .await
+        .expect("send");
+    let gone = svc
+        .decommission_agent(&Ctx::system("test"), &id)
+        .await
+        .expect("decommission");
+    assert_eq!(
+        gone.credentials_revoked, 2,
+        "the agent token and the app password"
+    );
+    let after = svc
+        .get_send(&Ctx::system("test"), &waiting.send_id)
+        .await
+        .expect("get");
+    assert_eq!(after.status, "voided");
+    assert!(matches!(
+        svc.authenticate_app_password("careful@agents.localhost", &pw.password, "127.0.0.1")
+            .await,
+        Err(Error::Unauthenticated(_))
+    ));
 }
 
 async fn local_delivery_names_the_sender(pg: bool) {

@@ -591,6 +591,29 @@ impl Service {
         .execute(&mut *tx)
         .await?
         .rows_affected() as i64;
+        // App passwords are credentials too; drafts go, and a send still
+        // waiting for a human can no longer be confirmed.
+        let app_passwords = sqlx::query(
+            "UPDATE app_passwords SET revoked_at = $1 WHERE agent_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(agent.id.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected() as i64;
+        let revoked = revoked + app_passwords;
+        sqlx::query(
+            "UPDATE sends SET status = 'voided', reason = 'the agent was decommissioned', completed_at = $1 \
+             WHERE agent_id = $2 AND status = 'pending_confirmation'",
+        )
+        .bind(now)
+        .bind(agent.id.as_str())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM drafts WHERE agent_id = $1")
+            .bind(agent.id.as_str())
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
 
         let export = self.write_export(&agent).await?;
