@@ -480,7 +480,7 @@ impl Service {
         Ok(())
     }
 
-    async fn record_alone(&self, entry: &NewEntry) -> Result<()> {
+    pub(crate) async fn record_alone(&self, entry: &NewEntry) -> Result<()> {
         let mut tx = self.db.begin_write().await?;
         crate::audit::append(&mut tx, self.now(), entry).await?;
         tx.commit().await?;

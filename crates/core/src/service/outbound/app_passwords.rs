@@ -240,13 +240,7 @@ impl Service {
                 source: Some(format!("smtp-submission {client_ip}")),
                 details: json!({ "reason": reason, "username": username.chars().take(200).collect::<String>() }),
             };
-            let recorded = async {
-                let mut tx = self.db.begin_write().await?;
-                crate::audit::append(&mut tx, self.now(), &entry).await?;
-                tx.commit().await?;
-                Ok::<_, Error>(())
-            };
-            if let Err(e) = recorded.await {
+            if let Err(e) = self.record_alone(&entry).await {
                 tracing::error!(error = %e, "could not audit a failed SMTP authentication");
             }
             Error::Unauthenticated("invalid user name or password".into())

@@ -342,8 +342,31 @@ pub(crate) fn build(
             None => b.attachment(a.content_type.clone(), a.filename.clone(), a.bytes.clone()),
         };
     }
-    b.write_to_vec()
-        .map_err(|e| Error::Internal(format!("building a message: {e}")))
+    let built = b
+        .write_to_vec()
+        .map_err(|e| Error::Internal(format!("building a message: {e}")))?;
+    Ok(crlf(&built))
+}
+
+/// mail-builder keeps a body's bare LFs; the wire needs CRLF. Normalising
+/// here, before signing and hashing, makes the bytes that are signed,
+/// confirmed by their SHA-256 and filed in `sent` the bytes that go out
+/// (the SMTP client's own normalisation then changes nothing).
+fn crlf(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / 32);
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i] {
+            b'\r' if raw.get(i + 1) == Some(&b'\n') => {
+                out.extend_from_slice(b"\r\n");
+                i += 1;
+            }
+            b'\r' | b'\n' => out.extend_from_slice(b"\r\n"),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    out
 }
 
 /// Prepends one DKIM-Signature per key. A key that cannot be loaded is
@@ -445,6 +468,11 @@ mod tests {
         );
         assert!(!text.to_ascii_lowercase().contains("hidden@y.org"));
         assert!(text.contains("Message-ID: <m1@agents.test>"));
+        assert!(
+            text.ends_with("\r\n\r\nhello\r\n.\r\nworld"),
+            "CRLF only: {text:?}"
+        );
+        assert!(!text.replace("\r\n", "").contains(['\r', '\n']));
     }
 
     #[test]

@@ -72,12 +72,17 @@ impl Service {
             self.cfg.outbound.concurrency.max(1),
         ));
         let mut inflight = tokio::task::JoinSet::new();
+        // Expiry is checked once a second, not on every claim of a busy queue.
+        let mut next_expiry = tokio::time::Instant::now();
         loop {
             if *stop.borrow() {
                 break;
             }
-            if let Err(e) = self.expire_pending_sends().await {
-                tracing::warn!(error = %e, "expiring pending sends failed");
+            if tokio::time::Instant::now() >= next_expiry {
+                next_expiry = tokio::time::Instant::now() + Duration::from_secs(1);
+                if let Err(e) = self.expire_pending_sends().await {
+                    tracing::warn!(error = %e, "expiring pending sends failed");
+                }
             }
             let free = permits.available_permits() as i64;
             let batches = if free > 0 {

@@ -143,11 +143,6 @@ impl Service {
         let agent = self
             .mailbox_access(ctx, agent_id, "mail.send", "message.send")
             .await?;
-        if ctx.principal.kind == PrincipalKind::Approver {
-            return Err(Error::Forbidden(
-                "approvers confirm sends; they do not send".into(),
-            ));
-        }
         match agent.status {
             AgentStatus::Active => Ok(agent),
             AgentStatus::Suspended => Err(Error::conflict(
@@ -320,7 +315,7 @@ impl Service {
                 "denied",
                 json!({ "reason": why, "field": field }),
             );
-            if let Err(e) = self.record_alone_entry(&entry).await {
+            if let Err(e) = self.record_alone(&entry).await {
                 tracing::error!(error = %e, "could not audit a refused send");
             }
             Err(Error::invalid(field, message))
@@ -355,13 +350,6 @@ impl Service {
                 .await;
             }
         }
-        Ok(())
-    }
-
-    async fn record_alone_entry(&self, entry: &NewEntry) -> Result<()> {
-        let mut tx = self.db.begin_write().await?;
-        crate::audit::append(&mut tx, self.now(), entry).await?;
-        tx.commit().await?;
         Ok(())
     }
 
