@@ -103,6 +103,7 @@ pub(crate) fn render(html: &str, location: &str, acc: &mut Collector) -> Rendere
         match_budget: MATCH_BUDGET,
         budget_hit: false,
         cand: Vec::new(),
+        matched: Vec::new(),
         ancestors: HashMap::default(),
         key_stack: Vec::new(),
         track_ancestors: sheet.needs_ancestors(),
@@ -404,6 +405,8 @@ struct Walker<'a> {
     match_budget: usize,
     budget_hit: bool,
     cand: Vec<usize>,
+    /// Reused list of (specificity, order, block) of the rules the current element matched.
+    matched: Vec<(u32, u32, usize)>,
     /// Counts of tag/class/id keys on the current ancestor chain (for the rule pre-filter).
     ancestors: HashMap<u64, u32>,
     /// Keys pushed by the open elements, in order (each `ExitInfo` remembers where its own start).
@@ -991,7 +994,8 @@ impl<'a> Walker<'a> {
         }
 
         let inline = a.style.map(|s| self.inline_style(s));
-        let mut matched: Vec<(u32, u32, usize)> = Vec::new();
+        let mut matched = std::mem::take(&mut self.matched);
+        matched.clear();
         if !self.sheet.is_empty() {
             let mut cand = std::mem::take(&mut self.cand);
             self.sheet.candidates(name, el.id(), classes, &mut cand);
@@ -1039,6 +1043,7 @@ impl<'a> Walker<'a> {
                 }
             }
         }
+        self.matched = matched;
         spec
     }
 

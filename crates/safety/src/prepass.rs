@@ -198,38 +198,37 @@ fn scan_tag(b: &[u8], lt: usize, end_tag: bool) -> (usize, usize, usize, bool) {
         i += 1;
     }
     let name_end = i;
-    let mut self_closing = false;
-    while i < b.len() {
-        match b[i] {
-            b'>' => return (name_start, name_end, i + 1, self_closing),
-            b'/' => {
-                self_closing = b.get(i + 1) == Some(&b'>');
-                i += 1;
+    // Only `>` (end) and `=` (a value follows) matter between attributes: skip to them.
+    // The tag is self-closing when a `/` outside any value directly precedes the `>`.
+    let mut from = i;
+    loop {
+        while i < b.len() && b[i] != b'>' && b[i] != b'=' {
+            i += 1;
+        }
+        match b.get(i) {
+            None => return (name_start, name_end, b.len(), false),
+            Some(b'>') => {
+                let self_closing = i > from && b[i - 1] == b'/';
+                return (name_start, name_end, i + 1, self_closing);
             }
-            b'=' => {
-                i += 1;
-                while i < b.len() && b[i].is_ascii_whitespace() {
-                    i += 1;
-                }
-                match b.get(i) {
-                    Some(&q @ (b'"' | b'\'')) => {
-                        i = find_from(b, i + 1, q).map_or(b.len(), |p| p + 1);
-                    }
-                    _ => {
-                        while i < b.len() && !b[i].is_ascii_whitespace() && b[i] != b'>' {
-                            i += 1;
-                        }
-                    }
-                }
-                self_closing = false;
+            Some(_) => {}
+        }
+        i += 1;
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        match b.get(i) {
+            Some(&q @ (b'"' | b'\'')) => {
+                i = find_from(b, i + 1, q).map_or(b.len(), |p| p + 1);
             }
             _ => {
-                self_closing = false;
-                i += 1;
+                while i < b.len() && !b[i].is_ascii_whitespace() && b[i] != b'>' {
+                    i += 1;
+                }
             }
         }
+        from = i;
     }
-    (name_start, name_end, b.len(), false)
 }
 
 /// Drops everything nested deeper than `max_depth` elements.

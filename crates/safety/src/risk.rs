@@ -325,7 +325,11 @@ impl Compiled {
     fn candidates(&self, text: &str, out: &mut Vec<usize>) {
         out.clear();
         if text.len() > PREFILTER_MAX_BYTES {
-            out.extend(self.set.matches(text).iter());
+            // Most long texts match nothing: `is_match` answers that without the overlapping
+            // search's bookkeeping, and stops at the first match when there is one.
+            if self.set.is_match(text) {
+                out.extend(self.set.matches(text).iter());
+            }
             return;
         }
         // With Unicode case folding, `K` (KELVIN SIGN) matches `k` and `ſ` (LONG S) matches

@@ -170,12 +170,12 @@ pub(crate) fn tidy(s: &str) -> String {
 
 /// Renders a `text/plain` body: invisible Unicode removed, URLs listed as links.
 pub(crate) fn render_plain(text: &str, location: &str, acc: &mut Collector) -> Rendered {
-    let limited = crate::findings::truncate_bytes(text, crate::MAX_HTML_BYTES);
+    let limited = crate::findings::truncate_bytes(text, crate::MAX_TEXT_BYTES);
     if limited.len() < text.len() {
         acc.note(
             crate::FindingKind::Truncated,
             format!(
-                "text over 5 MB: {} bytes dropped",
+                "text over 2 MB: {} bytes dropped",
                 text.len() - limited.len()
             ),
             location,

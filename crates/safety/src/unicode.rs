@@ -60,6 +60,15 @@ pub(crate) fn needs_cleaning(s: &str) -> bool {
         }))
 }
 
+/// Runs of tag characters reported one finding each; later runs share one finding. Every
+/// finding is scanned for instructions, so a flood of tiny runs (one per word of a long text)
+/// must not cost one scan each. Below the 100 findings listed per kind, so the shared one is
+/// listed too.
+const LISTED_TAG_RUNS: usize = 64;
+/// Bytes of decoded tag text and variation-selector payload kept per call (the finding scan
+/// reads at most 64 KB of each anyway).
+const MAX_DECODED_BYTES: usize = 64 * 1024;
+
 /// Counts of what one call removed, turned into findings at the end.
 #[derive(Default)]
 struct Removed {
@@ -67,9 +76,45 @@ struct Removed {
     zero_width_sample: Option<char>,
     bidi: usize,
     control: usize,
+    /// Decoded text of the first `LISTED_TAG_RUNS` tag runs.
     tags: Vec<String>,
+    /// Decoded text of the later runs, space-separated and capped, and how many there were.
+    more_tags: String,
+    more_tag_runs: usize,
+    /// Non-empty decoded variation-selector payloads, capped in total.
     vs_payloads: Vec<String>,
+    vs_payload_bytes: usize,
     vs_count: usize,
+}
+
+impl Removed {
+    fn tag_run(&mut self, run: &[char]) {
+        let decoded = run.iter().filter_map(|&t| {
+            let v = t as u32 - 0xE0000;
+            (0x20..0x7F).contains(&v).then(|| char::from(v as u8))
+        });
+        if self.tags.len() < LISTED_TAG_RUNS {
+            self.tags.push(decoded.collect());
+            return;
+        }
+        self.more_tag_runs += 1;
+        if self.more_tags.len() < MAX_DECODED_BYTES {
+            if !self.more_tags.is_empty() {
+                self.more_tags.push(' ');
+            }
+            self.more_tags.extend(decoded);
+        }
+    }
+
+    fn vs_run(&mut self, run: &[char]) {
+        self.vs_count += run.len();
+        if self.vs_payload_bytes < MAX_DECODED_BYTES
+            && let Some(p) = decode_vs_payload(run)
+        {
+            self.vs_payload_bytes += p.len();
+            self.vs_payloads.push(p);
+        }
+    }
 }
 
 /// Removes invisible characters from `s` (visible text), recording findings at `location`.
@@ -94,14 +139,7 @@ pub(crate) fn clean<'a>(s: &'a str, location: &str, acc: &mut Collector) -> Cow<
             if prev == Some('\u{1F3F4}') && is_flag_tag_sequence(run) {
                 out.extend(run.iter());
             } else {
-                let decoded: String = run
-                    .iter()
-                    .filter_map(|&t| {
-                        let v = t as u32 - 0xE0000;
-                        (0x20..0x7F).contains(&v).then(|| char::from(v as u8))
-                    })
-                    .collect();
-                rm.tags.push(decoded);
+                rm.tag_run(run);
             }
             continue;
         }
@@ -122,8 +160,7 @@ pub(crate) fn clean<'a>(s: &'a str, location: &str, acc: &mut Collector) -> Cow<
             if single_ok {
                 out.push(c);
             } else {
-                rm.vs_count += run.len();
-                rm.vs_payloads.push(decode_vs_payload(run));
+                rm.vs_run(run);
             }
             continue;
         }
@@ -185,7 +222,11 @@ fn is_flag_tag_sequence(run: &[char]) -> bool {
 }
 
 /// Decodes the "emoji smuggling" scheme: VS1-16 carry bytes 0-15, VS17-256 carry 16-255.
-fn decode_vs_payload(run: &[char]) -> String {
+/// `None` unless the run is long enough and decodes to mostly printable text.
+fn decode_vs_payload(run: &[char]) -> Option<String> {
+    if run.len() < 4 {
+        return None;
+    }
     let bytes: Vec<u8> = run
         .iter()
         .map(|&c| match c as u32 {
@@ -195,11 +236,7 @@ fn decode_vs_payload(run: &[char]) -> String {
         .collect();
     let decoded = String::from_utf8_lossy(&bytes);
     let printable = decoded.chars().filter(|c| !c.is_control()).count();
-    if run.len() >= 4 && printable * 10 >= decoded.chars().count() * 8 {
-        decoded.into_owned()
-    } else {
-        String::new()
-    }
+    (printable * 10 >= decoded.chars().count() * 8).then(|| decoded.into_owned())
 }
 
 fn report(rm: &Removed, original: &str, location: &str, acc: &mut Collector) {
@@ -211,20 +248,24 @@ fn report(rm: &Removed, original: &str, location: &str, acc: &mut Collector) {
             location,
         );
     }
+    if rm.more_tag_runs > 0 {
+        acc.removed(
+            FindingKind::UnicodeTags,
+            &format!(
+                "{} more tag runs, decoded: {}",
+                rm.more_tag_runs, rm.more_tags
+            ),
+            location,
+        );
+    }
     if rm.vs_count > 0 {
-        let payload: Vec<&str> = rm
-            .vs_payloads
-            .iter()
-            .map(String::as_str)
-            .filter(|p| !p.is_empty())
-            .collect();
-        let text = if payload.is_empty() {
+        let text = if rm.vs_payloads.is_empty() {
             format!("{} variation selectors", rm.vs_count)
         } else {
             format!(
                 "{} variation selectors, decoded: {}",
                 rm.vs_count,
-                payload.join(" ")
+                rm.vs_payloads.join(" ")
             )
         };
         acc.removed(FindingKind::VariationSelector, &text, location);
