@@ -970,17 +970,21 @@ both_backends!(
 );
 
 /// Blobs held by the store (files in SQLite mode, rows in PostgreSQL).
+/// Stored blobs: rows of the `blobs` table, plus files for the large ones
+/// on SQLite.
 fn blob_count(store: &Store) -> usize {
+    let rows: usize = store.sql("SELECT COUNT(*) FROM blobs").parse().unwrap();
     match store.backend {
-        Backend::Postgres => store.sql("SELECT COUNT(*) FROM blobs").parse().unwrap(),
+        Backend::Postgres => rows,
         Backend::Sqlite => {
             let root = store.data_dir().join("blobs");
-            std::fs::read_dir(&root)
+            let files: usize = std::fs::read_dir(&root)
                 .unwrap()
                 .flatten()
                 .filter(|d| d.file_name() != "tmp")
                 .map(|d| std::fs::read_dir(d.path()).map(|r| r.count()).unwrap_or(0))
-                .sum()
+                .sum();
+            rows + files
         }
     }
 }

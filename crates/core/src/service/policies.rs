@@ -244,6 +244,13 @@ fn policy_from_row(r: &sqlx::any::AnyRow) -> Result<Policy> {
 }
 
 /// The settings that apply to an agent with `policy_id`.
+/// The settings an agent's policy resolves to, as a scalar subquery over
+/// the agent row `a` (its policy, else the default; NULL if neither), so a
+/// lookup of the agent reads its policy in the same statement.
+pub(crate) const AGENT_POLICY_SETTINGS: &str = "(SELECT p.settings FROM policies p WHERE p.id = a.policy_id \
+     OR (p.is_default = 1 AND NOT EXISTS (SELECT 1 FROM policies q WHERE q.id = a.policy_id)) \
+     ORDER BY p.is_default LIMIT 1)";
+
 pub(crate) async fn effective_policy<'e, E>(
     exec: E,
     policy_id: Option<&str>,

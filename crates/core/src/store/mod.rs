@@ -10,7 +10,7 @@ use sqlx::{Any, AnyPool, Executor, Transaction};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub(crate) use blobs::BlobStore;
+pub(crate) use blobs::{BlobStore, blob_hash};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -115,7 +115,7 @@ impl Db {
         Ok(Db {
             pool,
             dialect: Dialect::Postgres,
-            blobs: BlobStore::Database,
+            blobs: BlobStore::database(),
         })
     }
 

@@ -2,9 +2,10 @@
 //! from a finished SMTP transaction to messages filed in mailboxes.
 //!
 //! Durability: a delivery is acknowledged (SMTP `250`) only after its raw
-//! bytes are fsynced (or committed to the `blobs` table) and its metadata
-//! is committed. Speed: the blob is written by the caller's own task, in
-//! parallel with every other session; then one committer task takes every
+//! bytes and its metadata are committed. Speed: a message up to 128 KiB is
+//! a row of the `blobs` table written by the group commit (no file, no
+//! fsync of its own); a larger one is fsynced by the caller's own task, in
+//! parallel with every other session. One committer task takes every
 //! delivery that is waiting (up to `MAX_BATCH`) and commits them all in ONE
 //! write transaction — message rows, mailbox entries, threads, quota
 //! counters, audit entries and events — and only then answers each waiter.
@@ -14,11 +15,13 @@
 //! of nodes may run their own committer side by side.
 
 use super::parse::{self, Parsed};
-use super::{MAX_MESSAGE_BYTES, Service, mailbox_policy};
+use super::{MAX_MESSAGE_BYTES, Service};
 use crate::address::AgentAddress;
 use crate::audit::{Actor, NewEntry};
 use crate::error::Result;
+use crate::service::policies::{AGENT_POLICY_SETTINGS, PolicySettings};
 use crate::store::Tx;
+use crate::store::blob_hash;
 use serde_json::json;
 use sqlx::Row;
 use std::collections::{HashMap, HashSet};
@@ -131,17 +134,18 @@ impl Ingest {
         })
         .await
         .map_err(|_| DeliveryError::Temp)?;
-        let blob_hash = match self
-            .svc
-            .db
-            .blobs
-            .put_alone(&self.svc.db.pool, &delivery.raw)
-            .await
-        {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::error!(error = %e, "could not store an inbound message");
-                return Err(DeliveryError::Temp);
+        // Small messages are stored by the group commit itself; a large one
+        // is made durable here, by this session, outside the write lock.
+        let blobs = &self.svc.db.blobs;
+        let blob_hash = if blobs.fits_in_transaction(delivery.raw.len()) {
+            blob_hash(&delivery.raw)
+        } else {
+            match blobs.put_alone(&self.svc.db.pool, &delivery.raw).await {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::error!(error = %e, "could not store an inbound message");
+                    return Err(DeliveryError::Temp);
+                }
             }
         };
         let (reply, answer) = oneshot::channel();
@@ -196,6 +200,13 @@ async fn committer(svc: Arc<Service>, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
+/// The settings `AGENT_POLICY_SETTINGS` selected (defaults if none).
+fn stored_policy(settings: Option<String>) -> PolicySettings {
+    settings
+        .map(|s| PolicySettings::from_stored(&s))
+        .unwrap_or_default()
+}
+
 /// A recipient agent resolved inside the commit.
 struct Rcpt {
     agent_id: String,
@@ -209,13 +220,14 @@ impl Service {
         let Ok(addr) = AgentAddress::parse(rcpt, "rcpt") else {
             return Ok(RecipientCheck::Unknown);
         };
-        let row = sqlx::query(
-            "SELECT a.id, a.status, a.policy_id, COALESCE(u.bytes, 0) AS used FROM agents a \
-             LEFT JOIN mailbox_usage u ON u.agent_id = a.id WHERE a.address_key = $1 AND a.status <> 'decommissioned'",
-        )
-        .bind(addr.key())
-        .fetch_optional(&self.db.pool)
-        .await?;
+        let sql = format!(
+            "SELECT a.id, a.status, {AGENT_POLICY_SETTINGS} AS settings, COALESCE(u.bytes, 0) AS used FROM agents a \
+             LEFT JOIN mailbox_usage u ON u.agent_id = a.id WHERE a.address_key = $1 AND a.status <> 'decommissioned'"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(addr.key())
+            .fetch_optional(&self.db.pool)
+            .await?;
         let Some(row) = row else {
             let tomb: Option<(i64,)> =
                 sqlx::query_as("SELECT until_at FROM tombstones WHERE address_key = $1")
@@ -234,9 +246,8 @@ impl Service {
             "suspended" => return Ok(RecipientCheck::Suspended),
             _ => return Ok(RecipientCheck::Gone),
         }
-        let policy_id: Option<String> = row.try_get("policy_id")?;
         let used: i64 = row.try_get("used")?;
-        let policy = mailbox_policy(&self.db.pool, policy_id.as_deref()).await?;
+        let policy = stored_policy(row.try_get("settings")?);
         Ok(if used >= policy.storage_bytes {
             RecipientCheck::MailboxFull
         } else {
@@ -284,18 +295,19 @@ impl Service {
         if let Some(a) = st.agents.get(key) {
             return Ok(a.clone());
         }
-        let row = sqlx::query(
-            "SELECT a.id, a.address, a.status, a.policy_id, COALESCE(u.bytes, 0) AS used FROM agents a \
-             LEFT JOIN mailbox_usage u ON u.agent_id = a.id WHERE a.address_key = $1 AND a.status <> 'decommissioned'",
-        )
-        .bind(key)
-        .fetch_optional(&mut **tx)
-        .await?;
+        let sql = format!(
+            "SELECT a.id, a.address, a.status, {AGENT_POLICY_SETTINGS} AS settings, COALESCE(u.bytes, 0) AS used \
+             FROM agents a LEFT JOIN mailbox_usage u ON u.agent_id = a.id \
+             WHERE a.address_key = $1 AND a.status <> 'decommissioned'"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(key)
+            .fetch_optional(&mut **tx)
+            .await?;
         let agent = match row {
             None => None,
             Some(row) => {
-                let policy_id: Option<String> = row.try_get("policy_id")?;
-                let policy = mailbox_policy(&mut **tx, policy_id.as_deref()).await?;
+                let policy = stored_policy(row.try_get("settings")?);
                 Some(BatchAgent {
                     id: row.try_get("id")?,
                     address: row.try_get("address")?,
@@ -359,13 +371,16 @@ impl Service {
                 DeliveryError::Rejected("no such recipient".into())
             }));
         }
-        // The collector may have removed an identical blob that was
-        // unreferenced a moment ago; it deletes under this same lock, so
-        // checking here is enough.
-        if st.blobs_seen.insert(p.blob_hash.clone())
-            && !self.db.blobs.exists(tx, &p.blob_hash).await?
-        {
-            self.db.blobs.put(tx, &d.raw).await?;
+        // A small blob is written here (an identical one is kept). A large
+        // one was stored before; the collector may have removed an identical
+        // blob that was unreferenced a moment ago, and it deletes under this
+        // same lock, so checking here is enough.
+        if st.blobs_seen.insert(p.blob_hash.clone()) {
+            if self.db.blobs.fits_in_transaction(d.raw.len()) {
+                st.table_blobs.push((p.blob_hash.clone(), d.raw.clone()));
+            } else if !self.db.blobs.exists(tx, &p.blob_hash).await? {
+                self.db.blobs.put(tx, &d.raw).await?;
+            }
         }
 
         let pm = &p.parsed;
@@ -387,6 +402,10 @@ impl Service {
             size,
             &envelope,
             pm,
+            &rcpts
+                .iter()
+                .map(|r| r.agent_id.as_str())
+                .collect::<Vec<_>>(),
         ));
 
         let spam =
@@ -613,10 +632,18 @@ pub(crate) async fn next_seq(tx: &mut Tx) -> Result<i64> {
     Ok(max_seq.unwrap_or(0) + 1)
 }
 
-/// Inserts one message row and its search row (the blob must be stored).
+/// The full-text token that marks a message as filed for this agent: the
+/// id's hex digits behind a letter, one word for every tokenizer.
+pub(crate) fn search_token(agent_id: &str) -> String {
+    format!("a{}", agent_id.replace('-', ""))
+}
+
+/// Inserts one message row and its search row (the blob must be stored)
+/// for the one agent it is filed for.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn insert_message(
     tx: &mut Tx,
+    agent_id: &str,
     id: &str,
     seq: i64,
     blob_hash: &str,
@@ -636,6 +663,7 @@ pub(crate) async fn insert_message(
         size,
         envelope,
         pm,
+        &[agent_id],
     ));
     b.flush_rest(tx, now).await
 }
@@ -647,6 +675,7 @@ fn message_row(
     size: i64,
     d: &Envelope<'_>,
     pm: &Parsed,
+    agents: &[&str],
 ) -> MessageRow {
     let to_json =
         |v: &Vec<parse::EmailAddress>| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
@@ -678,6 +707,11 @@ fn message_row(
         to_key: search_key(&to_all),
         search_words: search_words(&pm.from, &to_all),
         search_body: pm.search_body.clone(),
+        search_agents: agents
+            .iter()
+            .map(|a| search_token(a))
+            .collect::<Vec<_>>()
+            .join(" "),
     }
 }
 
@@ -770,6 +804,8 @@ struct MessageRow {
     to_key: String,
     search_words: String,
     search_body: String,
+    /// `search_token` of every agent the message is filed for.
+    search_agents: String,
 }
 
 struct NewThread {
@@ -795,6 +831,8 @@ struct Batch {
     order: u64,
     agents: HashMap<String, Option<BatchAgent>>,
     blobs_seen: HashSet<String>,
+    /// Raw messages small enough for the `blobs` table: (hash, bytes).
+    table_blobs: Vec<(String, Vec<u8>)>,
     messages: Vec<MessageRow>,
     /// (agent, message, thread, folder, size)
     entries: Vec<(String, String, String, &'static str, i64)>,
@@ -827,7 +865,25 @@ impl Batch {
     /// entries, usage, then the audit entries and events.
     async fn flush(self, tx: &mut Tx, now: i64) -> Result<()> {
         self.flush_threads(tx).await?;
+        self.flush_blobs(tx).await?;
         self.flush_rest(tx, now).await
+    }
+
+    /// The batch's small raw messages, a few multi-row inserts instead of
+    /// one statement each (an identical stored blob is kept).
+    async fn flush_blobs(&self, tx: &mut Tx) -> Result<()> {
+        for chunk in self.table_blobs.chunks(32) {
+            let sql = format!(
+                "INSERT INTO blobs (hash, data) VALUES {} ON CONFLICT (hash) DO NOTHING",
+                placeholders(chunk.len(), 2, |m| format!("({})", m.join(",")))
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for (hash, data) in chunk {
+                q = q.bind(hash.clone()).bind(data.clone());
+            }
+            q.execute(&mut **tx).await?;
+        }
+        Ok(())
     }
 
     /// The threads this batch created, and participant lists that grew.
@@ -906,8 +962,8 @@ impl Batch {
             }
             q.execute(&mut **tx).await?;
             let sql = format!(
-                "INSERT INTO message_search (rowid, subject, addresses, body) VALUES {}",
-                placeholders(chunk.len(), 4, |m| format!("({})", m.join(",")))
+                "INSERT INTO message_search (rowid, subject, addresses, body, agents) VALUES {}",
+                placeholders(chunk.len(), 5, |m| format!("({})", m.join(",")))
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for m in chunk {
@@ -915,7 +971,8 @@ impl Batch {
                     .bind(m.seq)
                     .bind(m.subject.clone())
                     .bind(m.search_words.clone())
-                    .bind(m.search_body.clone());
+                    .bind(m.search_body.clone())
+                    .bind(m.search_agents.clone());
             }
             q.execute(&mut **tx).await?;
         }

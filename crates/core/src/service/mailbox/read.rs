@@ -3,6 +3,7 @@
 //! attachments, threads and folder counts. Lists are newest first with an
 //! opaque cursor.
 
+use super::ingest::search_token;
 use super::parse::{self, AttachmentInfo, EmailAddress};
 use super::{SYSTEM_FOLDERS, Service, bool_of};
 use crate::error::{Error, Result};
@@ -323,16 +324,16 @@ impl Service {
             if text.chars().count() > 500 {
                 return Err(Error::invalid("q", "must be at most 500 characters"));
             }
+            // No word in it: nothing can match (and an empty query must
+            // not reduce to "everything of this agent").
+            let Some(fts5) = fts5_query(text) else {
+                return Ok(Page {
+                    data: vec![],
+                    next_cursor: None,
+                });
+            };
             search = Some(match self.db.dialect {
-                Dialect::Sqlite => {
-                    let Some(m) = fts5_query(text) else {
-                        return Ok(Page {
-                            data: vec![],
-                            next_cursor: None,
-                        });
-                    };
-                    m
-                }
+                Dialect::Sqlite => fts5,
                 Dialect::Postgres => text.to_string(),
             });
         }
@@ -379,44 +380,57 @@ impl Service {
 
     /// A page of full-text matches among the entries that satisfy `conds`.
     ///
-    /// Two plans, because no planner knows how common a word is in one
-    /// mailbox: first the newest `SEARCH_WINDOW` entries are probed one by
-    /// one against the index (cheap per entry, and enough when the words
-    /// are common or the mailbox is small); only when that window is full
-    /// and yields less than a page does the search start from the index's
-    /// matches instead (cheap when the words are rare).
+    /// The index holds a token per agent a message is filed for, so every
+    /// lookup is "this agent AND the words". Two plans, because no planner
+    /// knows how common a word is in one mailbox: first the newest
+    /// `SEARCH_WINDOW` entries, matched with one index lookup bounded to
+    /// their key range (enough when the words are common or the mailbox is
+    /// small); only when that window is full and yields less than a page
+    /// does the search start from the index's matches (cheap when the
+    /// words are rare).
     async fn search_page(
         &self,
         conds: &[String],
         mut binds: Vec<Bind>,
-        search: String,
+        words: String,
         limit: i64,
     ) -> Result<Vec<sqlx::any::AnyRow>> {
         const SEARCH_WINDOW: i64 = 200;
-        binds.push(Bind::S(search));
-        let qi = binds.len();
-        let (probe, matches) = match self.db.dialect {
-            Dialect::Sqlite => (
+        let Some(Bind::S(agent_id)) = binds.first() else {
+            return Err(Error::Internal("search without an agent".into()));
+        };
+        let token = search_token(agent_id);
+        let base_binds = binds.len();
+        let matches = match self.db.dialect {
+            Dialect::Sqlite => {
+                binds.push(Bind::S(format!(
+                    "agents : \"{token}\" AND {{subject addresses body}} : ({words})"
+                )));
+                format!("message_search MATCH ${}", binds.len())
+            }
+            Dialect::Postgres => {
+                binds.push(Bind::S(words));
+                binds.push(Bind::S(token));
                 format!(
-                    "EXISTS (SELECT 1 FROM message_search WHERE message_search.rowid = m.seq AND message_search MATCH ${qi})"
-                ),
-                format!("message_search MATCH ${qi}"),
-            ),
-            Dialect::Postgres => (
-                format!(
-                    "EXISTS (SELECT 1 FROM message_search s WHERE s.rowid = m.seq AND s.tsv @@ websearch_to_tsquery('simple', ${qi}))"
-                ),
-                format!("message_search.tsv @@ websearch_to_tsquery('simple', ${qi})"),
-            ),
+                    "message_search.tsv @@ (websearch_to_tsquery('simple', ${}) && to_tsquery('simple', ${}))",
+                    binds.len() - 1,
+                    binds.len()
+                )
+            }
         };
         let base = conds.join(" AND ");
         let window = format!(
-            "SELECT e.message_id FROM mailbox_entries e JOIN messages m ON m.id = e.message_id WHERE {base} \
+            "SELECT e.message_id, m.seq FROM mailbox_entries e JOIN messages m ON m.id = e.message_id WHERE {base} \
              ORDER BY e.received_at DESC, e.message_id DESC LIMIT {SEARCH_WINDOW}"
         );
+        // The window's matches come from one index lookup from its oldest key
+        // on, not from a probe per entry (each probe re-opens the index).
         let sql = format!(
-            "SELECT {SUMMARY_COLUMNS} FROM mailbox_entries e JOIN messages m ON m.id = e.message_id \
-             WHERE e.agent_id = $1 AND e.message_id IN (SELECT message_id FROM ({window}) w) AND {probe} \
+            "WITH w AS ({window}) \
+             SELECT {SUMMARY_COLUMNS} FROM mailbox_entries e JOIN messages m ON m.id = e.message_id \
+             WHERE e.agent_id = $1 AND e.message_id IN (SELECT message_id FROM w) \
+             AND m.seq IN (SELECT message_search.rowid FROM message_search WHERE {matches} \
+                 AND message_search.rowid >= (SELECT MIN(seq) FROM w)) \
              ORDER BY e.received_at DESC, e.message_id DESC LIMIT {}",
             limit + 1
         );
@@ -424,16 +438,14 @@ impl Service {
         if rows.len() as i64 > limit {
             return Ok(rows);
         }
-        let (in_window,): (i64,) = {
+        let in_window = {
             let sql = format!("SELECT COUNT(*) FROM ({window}) w");
-            let mut q = sqlx::query_as::<_, (i64,)>(AssertSqlSafe(sql));
-            for b in &binds[..qi - 1] {
-                q = match b {
-                    Bind::I(i) => q.bind(*i),
-                    Bind::S(s) => q.bind(s.clone()),
-                };
-            }
-            q.fetch_one(&self.db.pool).await?
+            fetch_with(&self.db.pool, sql, &binds[..base_binds])
+                .await?
+                .first()
+                .map(|r| r.try_get::<i64, _>(0))
+                .transpose()?
+                .unwrap_or(0)
         };
         if in_window < SEARCH_WINDOW {
             return Ok(rows); // the window held every candidate

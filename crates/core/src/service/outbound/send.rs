@@ -428,14 +428,13 @@ impl Service {
     ) -> Result<SendInfo> {
         let hold = self.needs_confirmation(policy, &out.recipients).await?;
         let sha = sha256_hex(&out.raw);
-        // A blob file is fsynced before the transaction (an aborted send
-        // leaves an orphan the collector removes); a database blob joins
-        // the transaction instead, saving a commit per send.
-        let file_blob = match self.db.blobs {
-            crate::store::BlobStore::Files(_) => {
-                Some(self.db.blobs.put_alone(&self.db.pool, &out.raw).await?)
-            }
-            crate::store::BlobStore::Database => None,
+        // A large blob is stored before the transaction, outside the write
+        // lock (an aborted send leaves an orphan the collector removes); a
+        // small one joins the transaction instead, saving a commit per send.
+        let early_blob = if self.db.blobs.fits_in_transaction(out.raw.len()) {
+            None
+        } else {
+            Some(self.db.blobs.put_alone(&self.db.pool, &out.raw).await?)
         };
         let parsed = if hold {
             None
@@ -455,7 +454,7 @@ impl Service {
         // The collector may have removed the file a moment ago, before this
         // send referenced it; it deletes under this same lock, so checking
         // here is enough.
-        let blob_hash = match file_blob {
+        let blob_hash = match early_blob {
             Some(h) if self.db.blobs.exists(&mut tx, &h).await? => h,
             _ => self.db.blobs.put(&mut tx, &out.raw).await?,
         };
@@ -615,6 +614,7 @@ impl Service {
         };
         insert_message(
             tx,
+            agent.id.as_str(),
             &message_id,
             seq,
             blob_hash,
@@ -766,6 +766,7 @@ impl Service {
         };
         insert_message(
             tx,
+            &rcpt_agent,
             &message_id,
             seq,
             &blob_hash,
