@@ -1,7 +1,7 @@
 //! CSS that decides visibility: declaration parsing (cssparser), `<style>` sheets indexed by key, and typed values.
 //!
-//! Only the properties that can hide text are kept. Selector matching itself is
-//! scraper's (`Selector::matches`); what is hand-written here is the rule index
+//! Only the properties that can hide text are kept. Selector matching is in `select.rs`;
+//! what is here is the rule index
 //! (rules keyed by the id/class/tag of their rightmost compound, as browsers do),
 //! specificity, and the caps that keep matching bounded on hostile input.
 
@@ -10,11 +10,11 @@ use std::borrow::Cow;
 /// Fast, randomly seeded hasher (keys come from untrusted CSS and HTML).
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
+use crate::select::Selector;
 use cssparser::{
     AtRuleParser, CowRcStr, DeclarationParser, ParseError, Parser, ParserState,
     QualifiedRuleParser, RuleBodyItemParser, RuleBodyParser, StyleSheetParser, Token,
 };
-use scraper::Selector;
 
 use crate::color::{ColorValue, Rgba, parse_color, parse_color_from};
 
@@ -800,7 +800,7 @@ impl Sheet {
                 self.dropped += 1;
                 continue;
             }
-            let Ok(selector) = Selector::parse(sel) else {
+            let Some(selector) = Selector::parse(sel) else {
                 self.unsupported += 1;
                 continue;
             };

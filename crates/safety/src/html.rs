@@ -1,19 +1,19 @@
-//! Renders HTML to the text a human sees: parses with html5ever (via scraper), computes
-//! inherited visibility per element, and reports every hidden piece as a finding.
+//! Renders HTML to the text a human sees: parses with html5ever into our own arena tree
+//! (`sink.rs`), computes inherited visibility per element, and reports every hidden piece as
+//! a finding.
 //!
-//! The tree walk is iterative (explicit stack); selector matching is bounded by the
-//! rule index in `css.rs`, a per-element candidate cap and a per-document budget.
+//! The tree walk is iterative (explicit stack); selector matching (`select.rs`) is bounded
+//! by the rule index in `css.rs`, a per-element candidate cap and per-document budgets.
 
+use std::cell::Cell;
 use std::rc::Rc;
 
-use ego_tree::NodeId;
 use html5ever::tendril::{StrTendril, TendrilSink};
-use scraper::node::Element;
-use scraper::{ElementRef, Html, Node};
 
 use crate::color::{ColorValue, Rgba, contrast, parse_attr_color};
 use crate::css::{self, Decl, DisplayKind, Len, Position, Sheet, Val};
 use crate::findings::{Collector, truncate_bytes};
+use crate::sink::{Data, Dom, Element, NodeId};
 use crate::text::TextBuf;
 use crate::{FindingKind, Link, MAX_DOM_DEPTH, MAX_HTML_BYTES, links, risk, unicode};
 
@@ -111,6 +111,8 @@ pub(crate) fn render(html: &str, location: &str, acc: &mut Collector) -> Rendere
         class_buf: Vec::new(),
         work: 0,
         depth_hit: false,
+        has_budget: Cell::new(HAS_BUDGET),
+        marker_buf: String::new(),
     };
     let stopped = w.walk();
     w.flush_hidden();
@@ -121,7 +123,7 @@ pub(crate) fn render(html: &str, location: &str, acc: &mut Collector) -> Rendere
             location,
         );
     }
-    if w.budget_hit {
+    if w.budget_hit || w.has_budget.get() == 0 {
         w.acc.note(
             FindingKind::Truncated,
             "selector matching budget exhausted; later style rules were not applied".to_string(),
@@ -146,9 +148,9 @@ pub(crate) fn render(html: &str, location: &str, acc: &mut Collector) -> Rendere
 
 /// Parses in chunks so a pathological document stops at the work budget instead of running
 /// on. Work is counted, not timed, so the result does not depend on the machine's load.
-fn parse(html: &str, budget: usize) -> (Html, bool) {
+fn parse(html: &str, budget: usize) -> (Dom, bool) {
     let mut parser =
-        html5ever::driver::parse_document(crate::sink::Sink::new(), Default::default());
+        html5ever::driver::parse_document(crate::sink::Sink::new(html.len()), Default::default());
     let mut rest = html;
     let mut fed = 0usize;
     let mut cut = false;
@@ -171,19 +173,20 @@ fn parse(html: &str, budget: usize) -> (Html, bool) {
 }
 
 /// Reads every `<style>` element (they apply wherever they are) into one indexed sheet.
-fn collect_styles(doc: &Html, location: &str, acc: &mut Collector) -> Sheet {
+fn collect_styles(doc: &Dom, location: &str, acc: &mut Collector) -> Sheet {
     let mut sheet = Sheet::default();
     let mut css_bytes = 0usize;
-    for node in doc.tree.nodes() {
-        let Some(el) = node.value().as_element() else {
+    // Every `<style>` element in the arena, attached or not (as scraper's `nodes()` did).
+    for (id, node) in doc.nodes() {
+        let Some(el) = node.as_element() else {
             continue;
         };
         if el.name() != "style" {
             continue;
         }
         let mut css = String::new();
-        for child in node.children() {
-            if let Some(t) = child.value().as_text() {
+        for child in doc.children(id) {
+            if let Some(Data::Text(t)) = doc.get(child).map(|c| &c.data) {
                 css.push_str(t);
             }
         }
@@ -333,6 +336,8 @@ struct Attrs<'a> {
     width: Option<&'a str>,
     height: Option<&'a str>,
     class: Option<&'a str>,
+    /// The first `id` attribute (what `Element::id` returns), read once per element.
+    id: Option<&'a str>,
     kind: Option<&'a str>,
     open: bool,
     href: Option<&'a str>,
@@ -353,6 +358,7 @@ impl<'a> Attrs<'a> {
                 "width" => a.width = Some(v),
                 "height" => a.height = Some(v),
                 "class" => a.class = Some(v),
+                "id" if a.id.is_none() => a.id = Some(v),
                 "type" => a.kind = Some(v),
                 "open" => a.open = true,
                 "href" => a.href = Some(v),
@@ -389,8 +395,11 @@ type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState
 /// Distinct inline `style` attributes whose parsed declarations are cached per document.
 const MAX_CACHED_STYLES: usize = 4096;
 
+/// Nodes `:has()` may visit per document (each is one selector match).
+const HAS_BUDGET: usize = 1_000_000;
+
 struct Walker<'a> {
-    doc: &'a Html,
+    doc: &'a Dom,
     sheet: &'a Sheet,
     acc: &'a mut Collector,
     text: TextBuf,
@@ -420,6 +429,10 @@ struct Walker<'a> {
     /// Walk work done so far (see `WALK_BUDGET`).
     work: usize,
     depth_hit: bool,
+    /// Nodes `:has()` may still visit (see `HAS_BUDGET`).
+    has_budget: Cell<usize>,
+    /// Reused buffer for link markers (`<href>`).
+    marker_buf: String,
 }
 
 fn is_block(name: &str) -> bool {
@@ -521,16 +534,18 @@ fn has_class(classes: &[&str], needle: &str) -> bool {
     classes.iter().any(|c| c.eq_ignore_ascii_case(needle))
 }
 
-/// Classes of an element (as a set: scraper's `Element::classes` sorts by interned atom and
-/// dedups, which only matters past the 16-class cap). Splitting the attribute avoids
-/// interning every class name; with more than 16 entries scraper's list is used as is.
-fn class_list<'e>(el: &'e Element, raw: Option<&'e str>, out: &mut Vec<&'e str>) {
+/// Classes of an element, in attribute order; past 16 entries, the first 16 of the sorted,
+/// deduplicated set (the list scraper produced, which earlier versions used there).
+fn class_list<'e>(raw: Option<&'e str>, out: &mut Vec<&'e str>) {
     out.clear();
     let Some(raw) = raw else { return };
     out.extend(raw.split_ascii_whitespace().take(17));
     if out.len() > 16 {
         out.clear();
-        out.extend(el.classes().take(16));
+        out.extend(raw.split_ascii_whitespace());
+        out.sort_unstable();
+        out.dedup();
+        out.truncate(16);
     }
 }
 
@@ -556,8 +571,8 @@ fn is_quote_container(name: &str, a: &Attrs<'_>, classes: &[&str]) -> bool {
 }
 
 /// Outlook markers after which everything is quoted history.
-fn is_history_start(el: &Element, classes: &[&str]) -> bool {
-    el.id().is_some_and(|id| {
+fn is_history_start(a: &Attrs<'_>, classes: &[&str]) -> bool {
+    a.id.is_some_and(|id| {
         id.get(..13)
             .is_some_and(|p| p.eq_ignore_ascii_case("divrplyfwdmsg"))
             || id.eq_ignore_ascii_case("appendonsend")
@@ -596,18 +611,18 @@ fn font_attr_px(v: &str) -> Option<f32> {
 impl<'a> Walker<'a> {
     /// Walks the whole document; returns true if it stopped at the work budget.
     fn walk(&mut self) -> bool {
-        let root = self.doc.tree.root();
+        let root = Dom::ROOT;
         let root_style = Computed {
             hidden: None,
             vis_hidden: None,
             opacity: 1.0,
             font_px: 16.0,
-            font_src: root.id(),
+            font_src: root,
             color: Rgba::BLACK,
             fill: None,
-            color_src: root.id(),
+            color_src: root,
             bg: Rgba::WHITE,
-            bg_src: root.id(),
+            bg_src: root,
             bg_unknown: false,
             low_contrast: false,
             text_indent: Len::Px(0.0),
@@ -620,8 +635,8 @@ impl<'a> Walker<'a> {
         };
         let mut styles: Vec<Computed> = vec![root_style];
         let mut stack: Vec<Frame> = Vec::with_capacity(256);
-        for child in root.children().rev() {
-            stack.push(Frame::Enter(child.id()));
+        for child in self.doc.children_rev(root) {
+            stack.push(Frame::Enter(child));
         }
         while let Some(frame) = stack.pop() {
             let id = match frame {
@@ -633,7 +648,7 @@ impl<'a> Walker<'a> {
                 Frame::Enter(id) => id,
             };
             let doc = self.doc;
-            let Some(node) = doc.tree.get(id) else {
+            let Some(node) = doc.get(id) else {
                 continue;
             };
             self.work += 1;
@@ -641,13 +656,13 @@ impl<'a> Walker<'a> {
                 return true;
             }
             let parent = styles.last().unwrap_or(&root_style);
-            match node.value() {
-                Node::Text(t) => {
-                    self.work += t.text.len() / WALK_TEXT_BYTES;
-                    self.on_text(&t.text, parent, node.parent().map(|p| p.id()))
+            match &node.data {
+                Data::Text(t) => {
+                    self.work += t.len() / WALK_TEXT_BYTES;
+                    self.on_text(t, parent, node.parent())
                 }
-                Node::Comment(c) => self.on_comment(&c.comment, node.parent().map(|p| p.id())),
-                Node::Element(el) => {
+                Data::Comment(c) => self.on_comment(c, node.parent()),
+                Data::Element(el) => {
                     if styles.len() > MAX_DOM_DEPTH {
                         if !self.depth_hit {
                             self.depth_hit = true;
@@ -659,22 +674,19 @@ impl<'a> Walker<'a> {
                         }
                         continue;
                     }
-                    let Some(elref) = ElementRef::wrap(node) else {
-                        continue;
-                    };
-                    let (computed, info) = self.enter(id, el, elref, parent);
+                    let (computed, info) = self.enter(id, el, parent);
                     styles.push(computed);
                     stack.push(Frame::Exit(info));
                     if el.name() == "style" {
                         continue; // already read into the sheet
                     }
-                    for child in node.children().rev() {
-                        stack.push(Frame::Enter(child.id()));
+                    for child in doc.children_rev(id) {
+                        stack.push(Frame::Enter(child));
                     }
                 }
-                Node::Document | Node::Fragment => {
-                    for child in node.children().rev() {
-                        stack.push(Frame::Enter(child.id()));
+                Data::Document | Data::Fragment => {
+                    for child in doc.children_rev(id) {
+                        stack.push(Frame::Enter(child));
                     }
                 }
                 _ => {}
@@ -704,14 +716,13 @@ impl<'a> Walker<'a> {
         &mut self,
         id: NodeId,
         el: &'a Element,
-        elref: ElementRef<'_>,
         parent: &Computed,
     ) -> (Computed, ExitInfo<'a>) {
         let name = el.name();
         let attrs = Attrs::read(el);
         let mut classes = std::mem::take(&mut self.class_buf);
-        class_list(el, attrs.class, &mut classes);
-        let spec = self.cascade(el, &attrs, &classes, elref, name);
+        class_list(attrs.class, &mut classes);
+        let spec = self.cascade(&attrs, &classes, id, name);
         let mut c = *parent;
         c.closed_details = false;
         c.depth = parent.depth.saturating_add(1);
@@ -783,7 +794,7 @@ impl<'a> Walker<'a> {
         if is_quote_container(name, &attrs, &classes) {
             c.quote = true;
         }
-        if is_history_start(el, &classes) {
+        if is_history_start(&attrs, &classes) {
             self.reply_cut = true;
         }
 
@@ -816,7 +827,7 @@ impl<'a> Walker<'a> {
         if self.track_ancestors {
             let from = self.key_stack.len();
             self.key_stack.push(css::key_hash(b't', name));
-            if let Some(i) = el.id() {
+            if let Some(i) = attrs.id {
                 self.key_stack.push(css::key_hash(b'i', i));
             }
             for c in &classes {
@@ -957,14 +968,7 @@ impl<'a> Walker<'a> {
     }
 
     /// Presentational attributes, `<style>` rules and the inline `style`, in cascade order.
-    fn cascade(
-        &mut self,
-        el: &Element,
-        a: &Attrs<'a>,
-        classes: &[&str],
-        elref: ElementRef<'_>,
-        name: &str,
-    ) -> Specified {
+    fn cascade(&mut self, a: &Attrs<'a>, classes: &[&str], id: NodeId, name: &str) -> Specified {
         let mut spec = Specified::default();
         // Presentational hints sit below every author rule.
         if a.hidden {
@@ -998,7 +1002,7 @@ impl<'a> Walker<'a> {
         matched.clear();
         if !self.sheet.is_empty() {
             let mut cand = std::mem::take(&mut self.cand);
-            self.sheet.candidates(name, el.id(), classes, &mut cand);
+            self.sheet.candidates(name, a.id, classes, &mut cand);
             let mut tried = 0;
             for &ri in cand.iter() {
                 if tried >= MAX_CANDIDATES {
@@ -1022,7 +1026,7 @@ impl<'a> Walker<'a> {
                 }
                 tried += 1;
                 self.work += 1;
-                if rule.selector.matches(&elref) {
+                if rule.selector.matches(self.doc, id, &self.has_budget) {
                     matched.push((rule.specificity, rule.order, rule.block));
                 }
             }
@@ -1110,11 +1114,17 @@ impl<'a> Walker<'a> {
             .iter()
             .any(|s| links::starts_with_ci(href, s));
         if showable && !same_url(&shown, href) {
-            let marker = format!("<{href}>");
+            // Built in a reused buffer: `format!` here was a few percent of a newsletter's walk.
+            let mut marker = std::mem::take(&mut self.marker_buf);
+            marker.clear();
+            marker.push('<');
+            marker.push_str(href);
+            marker.push('>');
             self.emit(in_reply && !self.reply_cut, |t| {
                 t.space();
                 t.marker(&marker);
             });
+            self.marker_buf = marker;
         }
         if self.links.len() < 1000 {
             self.links.push(Link {
@@ -1238,15 +1248,15 @@ impl<'a> Walker<'a> {
 }
 
 /// A short CSS-like path to an element, e.g. `body>div.preheader>span`.
-fn path_of(doc: &Html, id: NodeId) -> String {
+fn path_of(doc: &Dom, id: NodeId) -> String {
     let mut parts = Vec::new();
-    let mut cur = doc.tree.get(id);
+    let mut cur = doc.get(id);
     while let Some(node) = cur {
         if parts.len() >= 4 {
             parts.push("…".to_string());
             break;
         }
-        if let Some(el) = node.value().as_element() {
+        if let Some(el) = node.as_element() {
             let name = el.name();
             if name == "html" {
                 break;
@@ -1255,13 +1265,13 @@ fn path_of(doc: &Html, id: NodeId) -> String {
             if let Some(i) = el.id() {
                 s.push('#');
                 s.push_str(truncate_bytes(i, 32));
-            } else if let Some(c) = el.classes().next() {
+            } else if let Some(c) = first_class(el) {
                 s.push('.');
                 s.push_str(truncate_bytes(c, 32));
             }
             parts.push(s);
         }
-        cur = node.parent();
+        cur = node.parent().and_then(|p| doc.get(p));
     }
     parts.reverse();
     if parts.is_empty() {
@@ -1269,6 +1279,14 @@ fn path_of(doc: &Html, id: NodeId) -> String {
     } else {
         parts.join(">")
     }
+}
+
+/// The alphabetically first class (what scraper's sorted `classes()` listed first).
+fn first_class(el: &Element) -> Option<&str> {
+    el.attrs()
+        .filter(|(k, _)| *k == "class")
+        .flat_map(|(_, v)| v.split_ascii_whitespace())
+        .min()
 }
 
 /// True when the link text already shows the target.

@@ -16,6 +16,7 @@ mod prepass;
 mod prompt;
 mod reply;
 mod risk;
+mod select;
 mod sink;
 mod text;
 mod unicode;

@@ -191,6 +191,9 @@ fn raw_text_end(b: &[u8], from: usize, name: &[u8]) -> usize {
 
 /// Parses a tag starting at `lt` (`<` then a letter, or `</` then a letter).
 /// Returns (name range, index after `>`, self-closing).
+// Inlined into the full pass's loop, as the compiler did before that pass moved out of
+// `limit_depth` (one call per tag otherwise shows up in profiles).
+#[inline(always)]
 fn scan_tag(b: &[u8], lt: usize, end_tag: bool) -> (usize, usize, usize, bool) {
     let name_start = lt + if end_tag { 2 } else { 1 };
     let mut i = name_start;
@@ -231,8 +234,79 @@ fn scan_tag(b: &[u8], lt: usize, end_tag: bool) -> (usize, usize, usize, bool) {
     }
 }
 
+/// True when `b` has too few start tags for [`limit_depth`] to drop anything: fewer than
+/// `max_depth` `<`+letter sequences in all, and fewer than `MAX_OPEN_FORMATTING` of them
+/// with a formatting element's name. The full scan only pushes an element for such a
+/// sequence (comments and raw text only add false positives, which fall back to it), so
+/// it could never reach either limit. Most mail passes this quick count, which skips the
+/// tag and attribute scanning of the full pass.
+fn within_limits(b: &[u8], max_depth: usize) -> bool {
+    let (mut starts, mut formatting) = (0usize, 0usize);
+    for lt in memchr::memchr_iter(b'<', b) {
+        if !b.get(lt + 1).is_some_and(u8::is_ascii_alphabetic) {
+            continue;
+        }
+        starts += 1;
+        if starts >= max_depth {
+            return false;
+        }
+        // Formatting names are at most 6 bytes; the name ends as in `scan_tag`.
+        let name = &b[lt + 1..b.len().min(lt + 8)];
+        let len = name
+            .iter()
+            .position(|&c| c.is_ascii_whitespace() || c == b'/' || c == b'>')
+            .unwrap_or(name.len());
+        if len <= 6 && is_formatting_name(&name[..len]) {
+            formatting += 1;
+            if formatting >= MAX_OPEN_FORMATTING {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// `FORMATTING` membership without packing (the quick count runs on every start tag).
+fn is_formatting_name(name: &[u8]) -> bool {
+    let mut buf = [0u8; 6];
+    let Some(dst) = buf.get_mut(..name.len()) else {
+        return false;
+    };
+    for (d, s) in dst.iter_mut().zip(name) {
+        *d = s.to_ascii_lowercase();
+    }
+    matches!(
+        &buf[..name.len()],
+        b"a" | b"b"
+            | b"big"
+            | b"code"
+            | b"em"
+            | b"font"
+            | b"i"
+            | b"nobr"
+            | b"s"
+            | b"small"
+            | b"strike"
+            | b"strong"
+            | b"tt"
+            | b"u"
+    )
+}
+
 /// Drops everything nested deeper than `max_depth` elements.
 pub(crate) fn limit_depth(html: &str, max_depth: usize) -> Limited<'_> {
+    if within_limits(html.as_bytes(), max_depth) {
+        return Limited {
+            html: Cow::Borrowed(html),
+            dropped_text: String::new(),
+            dropped_bytes: 0,
+        };
+    }
+    limit_depth_scan(html, max_depth)
+}
+
+/// The full pass of [`limit_depth`].
+fn limit_depth_scan(html: &str, max_depth: usize) -> Limited<'_> {
     let b = html.as_bytes();
     let mut stack: Vec<(u128, bool)> = Vec::with_capacity(64); // (name, is_formatting)
     let mut open_formatting = 0usize;
@@ -407,6 +481,67 @@ pub(crate) fn strip_tags_into(html: &str, out: &mut String, cap: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formatting_names_match_the_set() {
+        for name in [
+            &b"a"[..],
+            b"B",
+            b"big",
+            b"code",
+            b"em",
+            b"font",
+            b"i",
+            b"nobr",
+            b"s",
+            b"small",
+            b"strike",
+            b"Strong",
+            b"tt",
+            b"u",
+            b"p",
+            b"br",
+            b"span",
+            b"div",
+            b"strikes",
+            b"",
+            b"bi",
+            b"td",
+        ] {
+            assert_eq!(
+                is_formatting_name(name),
+                classify(pack(name)) & F_FMT != 0,
+                "{}",
+                String::from_utf8_lossy(name)
+            );
+        }
+    }
+
+    #[test]
+    fn quick_count_agrees_with_full_scan() {
+        let cases = [
+            "<b>".repeat(39) + "x",
+            "<b>".repeat(40) + "x",
+            "<b>".repeat(41) + "x",
+            "<STRONG >".repeat(45) + "x",
+            "<div>".repeat(9) + "x",
+            "<div>".repeat(10) + "x",
+            "<div>".repeat(11) + "x",
+            "<div><p>".repeat(8) + "<!-- <a><a> -->",
+            "<a/>".repeat(50),
+            "<i".repeat(50),
+            "<svg><b/>".repeat(30),
+        ];
+        for h in &cases {
+            for depth in [4, 10, 500] {
+                let full = limit_depth_scan(h, depth);
+                let quick = limit_depth(h, depth);
+                assert_eq!(full.html, quick.html, "{h} {depth}");
+                assert_eq!(full.dropped_text, quick.dropped_text);
+                assert_eq!(full.dropped_bytes, quick.dropped_bytes);
+            }
+        }
+    }
 
     #[test]
     fn shallow_input_is_untouched() {

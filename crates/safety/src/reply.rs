@@ -84,9 +84,10 @@ fn verb_lines(text: &str, lines: &[&str]) -> Vec<bool> {
 
 /// The new part of a message: quoted history removed.
 pub(crate) fn strip_quoted(text: &str) -> String {
-    let lines: Vec<&str> = text.lines().collect();
+    let lines = crate::text::lines_of(text);
     let has_verb = verb_lines(text, &lines);
     let mut kept: Vec<&str> = Vec::with_capacity(lines.len());
+    let mut all_kept = true;
     let mut i = 0;
     while i < lines.len() {
         let line = lines[i];
@@ -94,10 +95,12 @@ pub(crate) fn strip_quoted(text: &str) -> String {
         if (trimmed.starts_with(['-', '_']) && matches(&OUTLOOK_SEPARATOR, line))
             || header_block_at(&lines, i)
         {
+            all_kept = false;
             break;
         }
         let verb_here = has_verb.get(i).copied().unwrap_or(false);
         if verb_here && matches(&ATTRIBUTION, line) {
+            all_kept = false;
             break;
         }
         // Gmail wraps long attributions over two lines.
@@ -109,14 +112,26 @@ pub(crate) fn strip_quoted(text: &str) -> String {
             && lines[i + 1].len() < 200
             && matches(&ATTRIBUTION, &format!("{} {}", line, lines[i + 1]))
         {
+            all_kept = false;
             break;
         }
         if line.trim_start().starts_with('>') {
+            all_kept = false;
             i += 1;
             continue;
         }
         kept.push(line);
         i += 1;
+    }
+    if all_kept {
+        // Nothing was quoted (the usual case once HTML quote containers are gone): the text
+        // comes from `TextBuf::finish` or `tidy` and is normally tidy already, so copy it
+        // rather than splitting, joining and re-tidying it. `tidy` of the joined lines equals
+        // `tidy(text)`, since `tidy` splits with `lines()` itself.
+        if crate::text::is_tidy(text) {
+            return text.to_string();
+        }
+        return crate::text::tidy(text);
     }
     crate::text::tidy(&kept.join("\n"))
 }
@@ -150,6 +165,31 @@ mod tests {
             .collect();
         assert_eq!(verb_lines(text, &lines), per_line);
         assert_eq!(per_line.iter().filter(|v| **v).count(), 4);
+    }
+
+    #[test]
+    fn fast_path_equals_tidy_of_joined_lines() {
+        for t in [
+            "",
+            "a",
+            "a\n",
+            "\na",
+            "a\n\nb",
+            "a\n\n\nb",
+            "a \nb",
+            "a\r\nb",
+            "a\u{a0}\nb",
+            "a\n \nb",
+            "a\rb",
+            "x\n\n",
+        ] {
+            let lines: Vec<&str> = t.lines().collect();
+            assert_eq!(
+                strip_quoted(t),
+                crate::text::tidy(&lines.join("\n")),
+                "{t:?}"
+            );
+        }
     }
 
     #[test]

@@ -4,6 +4,19 @@ use crate::findings::Collector;
 use crate::html::Rendered;
 use crate::{Link, unicode};
 
+/// Unicode White_Space within ASCII (TAB, LF, VT, FF, CR, space) as a table: the word loop
+/// below tests every byte of the visible text.
+static ASCII_WS: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b'\t' as usize] = true;
+    t[b'\n' as usize] = true;
+    t[0x0B] = true;
+    t[0x0C] = true;
+    t[b'\r' as usize] = true;
+    t[b' ' as usize] = true;
+    t
+};
+
 /// Accumulates visible text with CSS-like whitespace collapsing.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct TextBuf {
@@ -73,7 +86,7 @@ impl TextBuf {
         if s.is_ascii() {
             // Unicode White_Space within ASCII (`split_whitespace`): TAB, LF, VT, FF, CR, space.
             let b = s.as_bytes();
-            let is_ws = |c: u8| matches!(c, b'\t' | b'\n' | 0x0B | 0x0C | b'\r' | b' ');
+            let is_ws = |c: u8| ASCII_WS[usize::from(c)];
             let mut i = 0;
             while i < b.len() {
                 while i < b.len() && is_ws(b[i]) {
@@ -141,8 +154,58 @@ impl TextBuf {
 
     /// Final text: trailing spaces trimmed per line, at most one blank line in a row.
     pub fn finish(self) -> String {
+        // Usually already tidy (breaks are only added before text): keep the buffer then.
+        if is_tidy(&self.out) {
+            return self.out;
+        }
         tidy(&self.out)
     }
+}
+
+/// True when [`tidy`] would return `s` unchanged (checked instead of re-tidying text that
+/// is already tidy, the common case): no line ends in whitespace (`\r`
+/// included), no leading blank line, no run of two blank lines, no trailing newline.
+pub(crate) fn is_tidy(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.first() == Some(&b'\n') || b.last() == Some(&b'\n') {
+        return false;
+    }
+    // One SIMD scan for line breaks (splitting on '\n' searched each short line separately).
+    let mut line_start = 0;
+    let mut prev_blank = false;
+    for nl in memchr::memchr_iter(b'\n', b).chain(std::iter::once(b.len())) {
+        if nl == line_start {
+            if prev_blank {
+                return false;
+            }
+            prev_blank = true;
+        } else {
+            prev_blank = false;
+            let last = s.get(line_start..nl).and_then(|l| l.chars().next_back());
+            if last.is_some_and(char::is_whitespace) {
+                return false;
+            }
+        }
+        line_start = nl + 1;
+    }
+    true
+}
+
+/// `s.lines()` collected, found with one SIMD scan for line breaks (the same lines: split
+/// after each '\n', which is dropped with a '\r' before it; no empty last line).
+pub(crate) fn lines_of(s: &str) -> Vec<&str> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(memchr::memchr_iter(b'\n', b).count() + 1);
+    let mut start = 0;
+    for nl in memchr::memchr_iter(b'\n', b) {
+        let line = s.get(start..nl).unwrap_or("");
+        out.push(line.strip_suffix('\r').unwrap_or(line));
+        start = nl + 1;
+    }
+    if start < s.len() {
+        out.push(s.get(start..).unwrap_or(""));
+    }
+    out
 }
 
 /// Trims line ends and collapses runs of blank lines.
@@ -214,5 +277,61 @@ mod tests {
         t.br();
         t.text("line", false);
         assert_eq!(t.finish(), "Hello world\n\nnext\nline");
+    }
+
+    #[test]
+    fn ascii_ws_table_is_unicode_white_space() {
+        for b in 0u8..=127 {
+            assert_eq!(
+                ASCII_WS[usize::from(b)],
+                char::from(b).is_whitespace(),
+                "{b}"
+            );
+        }
+    }
+
+    #[test]
+    fn lines_of_matches_lines() {
+        for s in [
+            "",
+            "\n",
+            "a",
+            "a\n",
+            "a\r\n",
+            "a\r",
+            "\r\n\r\n",
+            "a\n\nb\r\nc\r",
+            "é\r\n\n",
+            "\n\na",
+        ] {
+            assert_eq!(lines_of(s), s.lines().collect::<Vec<_>>(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn is_tidy_agrees_with_tidy() {
+        let cases = [
+            "",
+            "a",
+            "a\n",
+            "\na",
+            "a\n\nb",
+            "a\n\n\nb",
+            "a \nb",
+            "a\r\nb",
+            "a\u{a0}\nb",
+            "a\n \nb",
+            "a\rb",
+            "x\n\n",
+            "\n",
+            " ",
+            "a\u{3000}",
+            "a\n\t",
+            "a\r",
+            "é\n\nü",
+        ];
+        for s in cases {
+            assert_eq!(is_tidy(s), tidy(s) == s, "{s:?}");
+        }
     }
 }
