@@ -800,6 +800,18 @@ fn main() {
     let mut out = vec![];
     for backend in backends {
         let ds = rt.block_on(load(backend, agents, messages, hot, fresh, keep));
+        if backend == Backend::Postgres {
+            // A bulk load leaves PostgreSQL without statistics until
+            // autovacuum gets to it; a live server has them. Without them the
+            // planner guesses a few rows per agent and sorts whole mailboxes.
+            let db = format!("bench_scale_{agents}_{messages}_{hot}");
+            let analyzed = Command::new("psql")
+                .args([&pg_url(&db), "-qtAc", "ANALYZE"])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(analyzed, "ANALYZE on {db} failed");
+        }
         out.extend(rt.block_on(run(&ds, requests, clients)));
     }
     println!(

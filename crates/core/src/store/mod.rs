@@ -106,6 +106,17 @@ impl Db {
         let pool = AnyPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(30))
+            .after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    // Mailboxes differ by orders of magnitude (a busy agent
+                    // holds 50,000 entries, most a hundred): a generic plan
+                    // cached for one is wrong for the other, so plan each
+                    // execution with its values.
+                    conn.execute("SET plan_cache_mode = force_custom_plan")
+                        .await?;
+                    Ok(())
+                })
+            })
             .connect(url)
             .await
             .map_err(|e| Error::Internal(format!("cannot connect to {}: {e}", redact_url(url))))?;

@@ -343,8 +343,10 @@ impl Service {
             let ti = binds.len();
             binds.push(Bind::S(id));
             let ii = binds.len();
+            // The redundant `<=` gives both planners an index range to start
+            // from; the OR alone made PostgreSQL filter from the newest entry.
             conds.push(format!(
-                "(e.received_at < ${ti} OR (e.received_at = ${ti} AND e.message_id < ${ii}))"
+                "e.received_at <= ${ti} AND (e.received_at < ${ti} OR (e.received_at = ${ti} AND e.message_id < ${ii}))"
             ));
         }
         let rows = match search {
@@ -720,7 +722,7 @@ impl Service {
                     binds.push(Bind::S(id.clone()));
                     let ii = binds.len();
                     conds.push(format!(
-                        "(e.received_at < ${ti} OR (e.received_at = ${ti} AND e.message_id < ${ii}))"
+                        "e.received_at <= ${ti} AND (e.received_at < ${ti} OR (e.received_at = ${ti} AND e.message_id < ${ii}))"
                     ));
                 }
                 (None, Some((t, _))) => {
