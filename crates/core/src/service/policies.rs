@@ -265,9 +265,14 @@ where
     .bind(policy_id.unwrap_or(""))
     .fetch_optional(exec)
     .await?;
-    Ok(row
-        .map(|(s,)| PolicySettings::from_stored(&s))
-        .unwrap_or_default())
+    Ok(PolicySettings::resolved(row.map(|(s,)| s)))
+}
+
+impl PolicySettings {
+    /// The settings a policy lookup found, or the defaults if none.
+    pub(crate) fn resolved(stored: Option<String>) -> Self {
+        stored.map(|s| Self::from_stored(&s)).unwrap_or_default()
+    }
 }
 
 /// Splits a request body into name, is_default and the settings keys.

@@ -200,13 +200,6 @@ async fn committer(svc: Arc<Service>, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
-/// The settings `AGENT_POLICY_SETTINGS` selected (defaults if none).
-fn stored_policy(settings: Option<String>) -> PolicySettings {
-    settings
-        .map(|s| PolicySettings::from_stored(&s))
-        .unwrap_or_default()
-}
-
 /// A recipient agent resolved inside the commit.
 struct Rcpt {
     agent_id: String,
@@ -247,7 +240,7 @@ impl Service {
             _ => return Ok(RecipientCheck::Gone),
         }
         let used: i64 = row.try_get("used")?;
-        let policy = stored_policy(row.try_get("settings")?);
+        let policy = PolicySettings::resolved(row.try_get("settings")?);
         Ok(if used >= policy.storage_bytes {
             RecipientCheck::MailboxFull
         } else {
@@ -307,7 +300,7 @@ impl Service {
         let agent = match row {
             None => None,
             Some(row) => {
-                let policy = stored_policy(row.try_get("settings")?);
+                let policy = PolicySettings::resolved(row.try_get("settings")?);
                 Some(BatchAgent {
                     id: row.try_get("id")?,
                     address: row.try_get("address")?,
