@@ -398,6 +398,7 @@ pub fn resolve(store: &StoreArgs, server: Option<&ServerArgs>) -> Result<Resolve
             tombstone_days,
             webhooks,
             outbound,
+            ..CoreConfig::default()
         },
         log_json: log_format == "json",
         smtp: server.smtp.or(file.smtp).unwrap_or(default_smtp),

@@ -2,6 +2,11 @@
 //! CLI: `serve` wires the server together; the other commands either open
 //! the store through the gate (init, audit) or call a running server's API.
 
+// Many short-lived allocations per message and per row: mimalloc's
+// thread-local free lists beat glibc malloc's arenas here (see BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod apply;
 mod client;
 mod config;

@@ -157,11 +157,15 @@ pub(crate) async fn append_many(tx: &mut Tx, at: i64, entries: &[NewEntry]) -> R
         .await?;
     let mut last_id: i64 = head.try_get(0)?;
     let mut prev_hash: String = head.try_get(1)?;
+    let dialect = crate::store::Dialect::of(tx);
     // 15 values a row; 64 rows stay far below both backends' bind limits.
     for chunk in entries.chunks(64) {
-        let mut sql = format!("INSERT INTO audit_log ({COLUMNS}) VALUES ");
+        let sql = format!(
+            "INSERT INTO audit_log ({COLUMNS}) VALUES {}",
+            crate::store::value_groups(dialect, chunk.len(), 15, crate::store::parenthesised)
+        );
         let mut rows = Vec::with_capacity(chunk.len());
-        for (i, e) in chunk.iter().enumerate() {
+        for e in chunk {
             let id = last_id + 1;
             let details = e.details.to_string();
             let canon = canonical(
@@ -178,18 +182,6 @@ pub(crate) async fn append_many(tx: &mut Tx, at: i64, entries: &[NewEntry]) -> R
                 &details,
             );
             let hash = chain_hash(&prev_hash, &canon);
-            if i > 0 {
-                sql.push(',');
-            }
-            let b = i * 15;
-            sql.push('(');
-            for k in 1..=15 {
-                if k > 1 {
-                    sql.push(',');
-                }
-                sql.push_str(&format!("${}", b + k));
-            }
-            sql.push(')');
             rows.push((
                 id,
                 e,

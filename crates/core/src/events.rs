@@ -61,22 +61,12 @@ pub(crate) async fn emit_many(
     .await?;
     let last: i64 = row.try_get(0)?;
     let first = last - events.len() as i64 + 1;
+    let dialect = crate::store::Dialect::of(tx);
     for (c, chunk) in events.chunks(100).enumerate() {
-        let mut sql = String::from("INSERT INTO events (id, type, at, agent_id, data) VALUES ");
-        for i in 0..chunk.len() {
-            let b = i * 5;
-            if i > 0 {
-                sql.push(',');
-            }
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${})",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5
-            ));
-        }
+        let sql = format!(
+            "INSERT INTO events (id, type, at, agent_id, data) VALUES {}",
+            crate::store::value_groups(dialect, chunk.len(), 5, crate::store::parenthesised)
+        );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (i, (kind, agent_id, data)) in chunk.iter().enumerate() {
             q = q

@@ -73,6 +73,10 @@ pub struct CoreConfig {
     pub webhooks: WebhookSettings,
     /// The outbound delivery queue (retries, give-up time, leases).
     pub outbound: OutboundSettings,
+    /// Mailboxes of up to this many messages list their threads with one
+    /// aggregate over all their entries; larger ones walk their newest
+    /// entries instead. A plan choice only: both give the same pages.
+    pub threads_aggregate_up_to: i64,
 }
 
 impl Default for CoreConfig {
@@ -83,6 +87,7 @@ impl Default for CoreConfig {
             tombstone_days: 90,
             webhooks: WebhookSettings::default(),
             outbound: OutboundSettings::default(),
+            threads_aggregate_up_to: 1000,
         }
     }
 }

@@ -445,27 +445,26 @@ pub(crate) async fn fan_out(
     }
     if !targets.is_empty() {
         let webhook_id = format!("msg_{}", uuid::Uuid::now_v7().simple());
-        for chunk in targets.chunks(200) {
-            let mut sql = String::from(
+        let dialect = crate::store::Dialect::of(tx);
+        for chunk in targets.chunks(100) {
+            let sql = format!(
                 "INSERT INTO webhook_deliveries (id, endpoint_id, event_id, webhook_id, status, attempts, \
-                 next_attempt_at, created_at, updated_at) VALUES ",
+                 next_attempt_at, created_at, updated_at) VALUES {}",
+                crate::store::value_groups(dialect, chunk.len(), 7, |m| format!(
+                    "({}, {}, {}, {}, 'pending', 0, {}, {}, {})",
+                    m[0], m[1], m[2], m[3], m[4], m[5], m[6]
+                ))
             );
-            for i in 0..chunk.len() {
-                let a = 4 + 2 * i;
-                if i > 0 {
-                    sql.push(',');
-                }
-                sql.push_str(&format!(
-                    "(${a}, ${}, $1, $2, 'pending', 0, $3, $3, $3)",
-                    a + 1
-                ));
-            }
-            let mut q = sqlx::query(AssertSqlSafe(sql))
-                .bind(event_id)
-                .bind(&webhook_id)
-                .bind(at);
+            let mut q = sqlx::query(AssertSqlSafe(sql));
             for ep in chunk {
-                q = q.bind(uuid::Uuid::now_v7().to_string()).bind(ep.clone());
+                q = q
+                    .bind(uuid::Uuid::now_v7().to_string())
+                    .bind(ep.clone())
+                    .bind(event_id)
+                    .bind(&webhook_id)
+                    .bind(at)
+                    .bind(at)
+                    .bind(at);
             }
             q.execute(&mut **tx).await?;
         }

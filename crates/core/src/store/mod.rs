@@ -20,6 +20,51 @@ pub enum Dialect {
 
 pub(crate) type Tx = Transaction<'static, Any>;
 
+impl Dialect {
+    /// The dialect of an open connection or transaction.
+    pub(crate) fn of(conn: &sqlx::AnyConnection) -> Dialect {
+        if conn.backend_name().eq_ignore_ascii_case("postgresql") {
+            Dialect::Postgres
+        } else {
+            Dialect::Sqlite
+        }
+    }
+}
+
+/// The placeholders of a multi-row `VALUES` list: `rows` groups of `cols`,
+/// bound in the order they appear, each group passed to `row` to be
+/// wrapped (`(…)`, or with constants between). PostgreSQL gets `$1, $2, …`.
+/// SQLite gets anonymous `?`: with numbered names its parser looks every
+/// name up in a linear list while preparing, and sqlx asks SQLite for every
+/// parameter's name while binding, also a linear lookup, so a batch insert
+/// of a thousand parameters cost a million string comparisons twice.
+pub(crate) fn value_groups(
+    dialect: Dialect,
+    rows: usize,
+    cols: usize,
+    row: impl Fn(&[String]) -> String,
+) -> String {
+    let mut out = String::new();
+    let mut marks = Vec::with_capacity(cols);
+    for r in 0..rows {
+        if r > 0 {
+            out.push(',');
+        }
+        marks.clear();
+        marks.extend((1..=cols).map(|c| match dialect {
+            Dialect::Postgres => format!("${}", r * cols + c),
+            Dialect::Sqlite => "?".to_string(),
+        }));
+        out.push_str(&row(&marks));
+    }
+    out
+}
+
+/// `(…)` around one group of [`value_groups`].
+pub(crate) fn parenthesised(marks: &[String]) -> String {
+    format!("({})", marks.join(","))
+}
+
 #[derive(Clone)]
 pub(crate) struct Db {
     pub pool: AnyPool,

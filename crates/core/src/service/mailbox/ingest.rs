@@ -20,8 +20,8 @@ use crate::address::AgentAddress;
 use crate::audit::{Actor, NewEntry};
 use crate::error::Result;
 use crate::service::policies::{AGENT_POLICY_SETTINGS, PolicySettings};
-use crate::store::Tx;
 use crate::store::blob_hash;
+use crate::store::{Dialect, Tx, parenthesised, value_groups};
 use serde_json::json;
 use sqlx::Row;
 use std::collections::{HashMap, HashSet};
@@ -839,19 +839,6 @@ struct Batch {
     events: Vec<(&'static str, String, serde_json::Value)>,
 }
 
-/// `($1,$2,…),(…)`: `rows` groups of `cols` numbered placeholders.
-fn placeholders(rows: usize, cols: usize, row: impl Fn(&[String]) -> String) -> String {
-    let mut out = String::new();
-    for r in 0..rows {
-        if r > 0 {
-            out.push(',');
-        }
-        let marks: Vec<String> = (1..=cols).map(|c| format!("${}", r * cols + c)).collect();
-        out.push_str(&row(&marks));
-    }
-    out
-}
-
 impl Batch {
     /// Writes everything the batch filed, in the order the single-message
     /// path would have: threads, messages and their search rows, mailbox
@@ -865,10 +852,11 @@ impl Batch {
     /// The batch's small raw messages, a few multi-row inserts instead of
     /// one statement each (an identical stored blob is kept).
     async fn flush_blobs(&self, tx: &mut Tx) -> Result<()> {
+        let dialect = Dialect::of(tx);
         for chunk in self.table_blobs.chunks(32) {
             let sql = format!(
                 "INSERT INTO blobs (hash, data) VALUES {} ON CONFLICT (hash) DO NOTHING",
-                placeholders(chunk.len(), 2, |m| format!("({})", m.join(",")))
+                value_groups(dialect, chunk.len(), 2, parenthesised)
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for (hash, data) in chunk {
@@ -881,6 +869,7 @@ impl Batch {
 
     /// The threads this batch created, and participant lists that grew.
     async fn flush_threads(&self, tx: &mut Tx) -> Result<()> {
+        let dialect = Dialect::of(tx);
         let new_threads: Vec<(&String, &ThreadState)> = self
             .new_threads
             .iter()
@@ -889,7 +878,7 @@ impl Batch {
         for chunk in new_threads.chunks(100) {
             let sql = format!(
                 "INSERT INTO threads (id, agent_id, subject, subject_key, participants_key, participants, created_at) VALUES {}",
-                placeholders(chunk.len(), 7, |m| format!("({})", m.join(",")))
+                value_groups(dialect, chunk.len(), 7, parenthesised)
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for (id, t) in chunk {
@@ -918,12 +907,13 @@ impl Batch {
     }
 
     async fn flush_rest(self, tx: &mut Tx, now: i64) -> Result<()> {
+        let dialect = Dialect::of(tx);
         for chunk in self.messages.chunks(64) {
             let sql = format!(
                 "INSERT INTO messages (id, seq, blob_hash, size_bytes, received_at, client_ip, helo, mail_from, rcpt_to, tls, \
                  auth_results, message_id_header, in_reply_to, refs, subject, from_json, to_json, cc_json, reply_to_json, date_at, \
                  snippet, attachments, from_key, to_key) VALUES {}",
-                placeholders(chunk.len(), 24, |m| format!("({})", m.join(",")))
+                value_groups(dialect, chunk.len(), 24, parenthesised)
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for m in chunk {
@@ -956,7 +946,7 @@ impl Batch {
             q.execute(&mut **tx).await?;
             let sql = format!(
                 "INSERT INTO message_search (rowid, subject, addresses, body, agents) VALUES {}",
-                placeholders(chunk.len(), 5, |m| format!("({})", m.join(",")))
+                value_groups(dialect, chunk.len(), 5, parenthesised)
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for m in chunk {
@@ -972,7 +962,7 @@ impl Batch {
         for chunk in self.entries.chunks(100) {
             let sql = format!(
                 "INSERT INTO mailbox_entries (agent_id, message_id, thread_id, folder, unread, starred, received_at, folder_at, size_bytes) VALUES {}",
-                placeholders(chunk.len(), 7, |m| format!(
+                value_groups(dialect, chunk.len(), 7, |m| format!(
                     "({}, {}, {}, {}, 1, 0, {}, {}, {})",
                     m[0], m[1], m[2], m[3], m[4], m[5], m[6]
                 ))

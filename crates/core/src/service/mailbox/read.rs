@@ -699,12 +699,24 @@ impl Service {
         cursor: Option<(i64, String)>,
         limit: i64,
     ) -> Result<Vec<ThreadSummary>> {
-        // Rows read per step: a page's worth first, then doubling.
-        let mut chunk_rows = limit + 1;
         let folder_cond = match folder {
             Some(_) => "e.folder = $2",
             None => "e.folder <> 'trash'",
         };
+        let held: Option<(i64,)> =
+            sqlx::query_as("SELECT messages FROM mailbox_usage WHERE agent_id = $1")
+                .bind(agent_id)
+                .fetch_optional(&self.db.pool)
+                .await?;
+        // One statement for a small mailbox; the walk pays off only when
+        // the agent holds far more entries than a page touches.
+        if held.is_none_or(|(n,)| n <= self.cfg.threads_aggregate_up_to) {
+            return self
+                .thread_page_aggregated(agent_id, folder, folder_cond, cursor, limit)
+                .await;
+        }
+        // Rows read per step: a page's worth first, then doubling.
+        let mut chunk_rows = limit + 1;
         let mut seen = std::collections::HashSet::new();
         let mut found: Vec<ThreadSummary> = vec![];
         // Position of the walk: (received_at, message_id) of the last entry read.
@@ -808,6 +820,44 @@ impl Service {
         });
         found.truncate(limit as usize + 1);
         Ok(found)
+    }
+
+    /// [`Self::thread_page`] for a mailbox small enough to aggregate whole:
+    /// one statement instead of the walk's two or more round trips.
+    async fn thread_page_aggregated(
+        &self,
+        agent_id: &str,
+        folder: Option<&str>,
+        folder_cond: &str,
+        cursor: Option<(i64, String)>,
+        limit: i64,
+    ) -> Result<Vec<ThreadSummary>> {
+        let mut binds = vec![Bind::S(agent_id.to_string())];
+        if let Some(f) = folder {
+            binds.push(Bind::S(f.to_string()));
+        }
+        let mut having = String::new();
+        if let Some((t, id)) = cursor {
+            binds.push(Bind::I(t));
+            let ti = binds.len();
+            binds.push(Bind::S(id));
+            having = format!(
+                " HAVING MAX(e.received_at) < ${ti} OR (MAX(e.received_at) = ${ti} AND t.id < ${})",
+                binds.len()
+            );
+        }
+        let sql = format!(
+            "SELECT t.id, t.subject, t.participants, COUNT(*) AS n, CAST(SUM(e.unread) AS BIGINT) AS unread, \
+             MAX(e.received_at) AS latest FROM mailbox_entries e JOIN threads t ON t.id = e.thread_id \
+             WHERE e.agent_id = $1 AND {folder_cond} GROUP BY t.id, t.subject, t.participants{having} \
+             ORDER BY latest DESC, t.id DESC LIMIT {}",
+            limit + 1
+        );
+        fetch_with(&self.db.pool, sql, &binds)
+            .await?
+            .iter()
+            .map(thread_from_row)
+            .collect()
     }
 
     /// One thread with its messages, oldest first (scope `mail.read`).
