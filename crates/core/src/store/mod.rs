@@ -60,6 +60,19 @@ pub(crate) fn value_groups(
     out
 }
 
+/// `n` comma-separated placeholders for an `IN (…)` list whose values are
+/// bound from position `first` on; anonymous on SQLite (see
+/// [`value_groups`]), so every placeholder of that statement must be too.
+pub(crate) fn list_marks(dialect: Dialect, first: usize, n: usize) -> String {
+    let marks: Vec<String> = (first..first + n)
+        .map(|i| match dialect {
+            Dialect::Postgres => format!("${i}"),
+            Dialect::Sqlite => "?".to_string(),
+        })
+        .collect();
+    marks.join(", ")
+}
+
 /// `(…)` around one group of [`value_groups`].
 pub(crate) fn parenthesised(marks: &[String]) -> String {
     format!("({})", marks.join(","))

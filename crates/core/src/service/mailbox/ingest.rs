@@ -21,7 +21,7 @@ use crate::audit::{Actor, NewEntry};
 use crate::error::Result;
 use crate::service::policies::{AGENT_POLICY_SETTINGS, PolicySettings};
 use crate::store::blob_hash;
-use crate::store::{Dialect, Tx, parenthesised, value_groups};
+use crate::store::{Dialect, Tx, list_marks, parenthesised, value_groups};
 use serde_json::json;
 use sqlx::Row;
 use std::collections::{HashMap, HashSet};
@@ -200,6 +200,10 @@ async fn committer(svc: Arc<Service>, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
+/// Values per `IN (…)` list of the batch's reads (far below both
+/// backends' limits on bound parameters).
+const PREFETCH_CHUNK: usize = 300;
+
 /// A recipient agent resolved inside the commit.
 struct Rcpt {
     agent_id: String,
@@ -269,6 +273,7 @@ impl Service {
             seq: max_seq.unwrap_or(0),
             ..Batch::default()
         };
+        self.prefetch(&mut tx, &mut st, batch).await?;
         let mut results = Vec::with_capacity(batch.len());
         for p in batch {
             results.push(self.file_one(&mut tx, &mut st, p, now).await?);
@@ -276,6 +281,154 @@ impl Service {
         st.flush(&mut tx, now).await?;
         tx.commit().await?;
         Ok(results)
+    }
+
+    /// The batch's reads, a few statements for the whole batch instead of
+    /// two or three per message: every recipient's agent, and the stored
+    /// threads its messages may join (by Message-ID, and by subject among
+    /// the same participants) with their participant lists. Filing then
+    /// consults these (after what the batch itself filed, which is newer).
+    async fn prefetch(&self, tx: &mut Tx, st: &mut Batch, batch: &[Prepared]) -> Result<()> {
+        let dialect = Dialect::of(tx);
+        let mut keys: Vec<String> = batch
+            .iter()
+            .flat_map(|p| &p.delivery.rcpt_to)
+            .filter_map(|r| AgentAddress::parse(r, "rcpt").ok().map(|a| a.key()))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        for chunk in keys.chunks(PREFETCH_CHUNK) {
+            let sql = format!(
+                "SELECT a.address_key, a.id, a.address, a.status, {AGENT_POLICY_SETTINGS} AS settings, COALESCE(u.bytes, 0) AS used \
+                 FROM agents a LEFT JOIN mailbox_usage u ON u.agent_id = a.id \
+                 WHERE a.address_key IN ({}) AND a.status <> 'decommissioned'",
+                list_marks(dialect, 1, chunk.len())
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for k in chunk {
+                q = q.bind(k.clone());
+            }
+            for row in q.fetch_all(&mut **tx).await? {
+                let key: String = row.try_get("address_key")?;
+                let policy = PolicySettings::resolved(row.try_get("settings")?);
+                st.agents.entry(key).or_insert(Some(BatchAgent {
+                    id: row.try_get("id")?,
+                    address: row.try_get("address")?,
+                    status: row.try_get("status")?,
+                    quota: policy.storage_bytes,
+                    used: row.try_get("used")?,
+                }));
+            }
+            for k in chunk {
+                st.agents.entry(k.clone()).or_insert(None);
+            }
+        }
+        let mut agents: Vec<String> = st
+            .agents
+            .values()
+            .flatten()
+            .filter(|a| a.status == "active")
+            .map(|a| a.id.clone())
+            .collect();
+        agents.sort_unstable();
+        agents.dedup();
+        if agents.is_empty() || agents.len() > PREFETCH_CHUNK {
+            return Ok(()); // nothing to file, or filing reads per message
+        }
+        let mut headers: Vec<&str> = vec![];
+        let mut subjects: Vec<&str> = vec![];
+        let mut participant_keys: Vec<String> = vec![];
+        for p in batch {
+            let pm = &p.parsed;
+            headers.extend(
+                pm.references
+                    .iter()
+                    .chain(&pm.in_reply_to)
+                    .map(String::as_str),
+            );
+            headers.extend(pm.message_id.as_deref());
+            if !pm.subject_key.is_empty() {
+                subjects.push(&pm.subject_key);
+                participant_keys.push(pm.participants().join(" "));
+            }
+        }
+        for list in [&mut headers, &mut subjects] {
+            list.sort_unstable();
+            list.dedup();
+        }
+        participant_keys.sort_unstable();
+        participant_keys.dedup();
+        // CROSS JOIN keeps SQLite's order: from the Message-ID index, then
+        // the entry by its key (never the agents' whole mailboxes).
+        for chunk in headers.chunks(PREFETCH_CHUNK) {
+            let sql = format!(
+                "SELECT e.agent_id, m.message_id_header, e.thread_id, e.received_at, t.participants \
+                 FROM messages m CROSS JOIN mailbox_entries e CROSS JOIN threads t \
+                 WHERE m.message_id_header IN ({}) AND e.message_id = m.id AND e.agent_id IN ({}) AND t.id = e.thread_id",
+                list_marks(dialect, 1, chunk.len()),
+                list_marks(dialect, chunk.len() + 1, agents.len())
+            );
+            let mut q =
+                sqlx::query_as::<_, (String, String, String, i64, String)>(AssertSqlSafe(sql));
+            for h in chunk {
+                q = q.bind(h.to_string());
+            }
+            for a in &agents {
+                q = q.bind(a.clone());
+            }
+            for (agent, header, thread, at, participants) in q.fetch_all(&mut **tx).await? {
+                let slot = st
+                    .stored_by_header
+                    .entry((agent, header))
+                    .or_insert((at, thread.clone()));
+                if at > slot.0 {
+                    *slot = (at, thread.clone());
+                }
+                st.stored_participants.insert(thread, participants);
+            }
+        }
+        if !subjects.is_empty()
+            && subjects.len() <= PREFETCH_CHUNK
+            && participant_keys.len() <= PREFETCH_CHUNK
+        {
+            let sql = format!(
+                "SELECT agent_id, subject_key, participants_key, id, created_at, participants FROM threads \
+                 WHERE agent_id IN ({}) AND subject_key IN ({}) AND participants_key IN ({})",
+                list_marks(dialect, 1, agents.len()),
+                list_marks(dialect, agents.len() + 1, subjects.len()),
+                list_marks(
+                    dialect,
+                    agents.len() + subjects.len() + 1,
+                    participant_keys.len()
+                )
+            );
+            let mut q = sqlx::query_as::<_, (String, String, String, String, i64, String)>(
+                AssertSqlSafe(sql),
+            );
+            for a in &agents {
+                q = q.bind(a.clone());
+            }
+            for s in &subjects {
+                q = q.bind(s.to_string());
+            }
+            for k in &participant_keys {
+                q = q.bind(k.clone());
+            }
+            for (agent, subject, pkey, id, created, participants) in q.fetch_all(&mut **tx).await? {
+                // The newest thread of that subject among those participants.
+                let slot = st
+                    .stored_by_subject
+                    .entry((agent, subject, pkey))
+                    .or_insert((created, id.clone()));
+                if (created, &id) > (slot.0, &slot.1) {
+                    *slot = (created, id.clone());
+                }
+                st.stored_participants.insert(id, participants);
+            }
+            st.subjects_prefetched = true;
+        }
+        st.headers_prefetched = true;
+        Ok(())
     }
 
     /// The recipient's agent, quota and usage, read once per batch.
@@ -513,7 +666,16 @@ impl Service {
             .filter_map(|i| st.by_message_id.get(&(agent_id.to_string(), i.to_string())))
             .max_by_key(|(order, _)| *order)
             .map(|(_, t)| t.clone());
-        if found.is_none() && !ids.is_empty() {
+        if found.is_none() && st.headers_prefetched {
+            found = ids
+                .iter()
+                .filter_map(|i| {
+                    st.stored_by_header
+                        .get(&(agent_id.to_string(), i.to_string()))
+                })
+                .max_by_key(|(at, _)| *at)
+                .map(|(_, t)| t.clone());
+        } else if found.is_none() && !ids.is_empty() {
             // Written so that both planners start from the Message-ID index
             // and probe the entry by its key: with ORDER BY … LIMIT 1 here,
             // SQLite without statistics walks the agent's whole mailbox by
@@ -544,7 +706,12 @@ impl Service {
         );
         if found.is_none() && !pm.subject_key.is_empty() {
             found = st.by_subject.get(&subject_key).cloned();
-            if found.is_none() {
+            if found.is_none() && st.subjects_prefetched {
+                found = st
+                    .stored_by_subject
+                    .get(&subject_key)
+                    .map(|(_, id)| id.clone());
+            } else if found.is_none() {
                 found = sqlx::query_as::<_, (String,)>(
                     "SELECT id FROM threads WHERE agent_id = $1 AND subject_key = $2 AND participants_key = $3 ORDER BY created_at DESC LIMIT 1",
                 )
@@ -559,11 +726,18 @@ impl Service {
         if let Some(thread_id) = found {
             // Grow the participant list (it is display data, not the key).
             if !st.threads.contains_key(&thread_id) {
-                let (current,): (String,) =
-                    sqlx::query_as("SELECT participants FROM threads WHERE id = $1")
+                let current = match st.stored_participants.get(&thread_id) {
+                    Some(p) => p.clone(),
+                    None => {
+                        sqlx::query_as::<_, (String,)>(
+                            "SELECT participants FROM threads WHERE id = $1",
+                        )
                         .bind(&thread_id)
                         .fetch_one(&mut **tx)
-                        .await?;
+                        .await?
+                        .0
+                    }
+                };
                 st.threads.insert(
                     thread_id.clone(),
                     ThreadState {
@@ -837,6 +1011,15 @@ struct Batch {
     by_subject: HashMap<(String, String, String), String>,
     audit: Vec<NewEntry>,
     events: Vec<(&'static str, String, serde_json::Value)>,
+    /// Read by `prefetch` for the whole batch: the newest stored entry per
+    /// (agent, Message-ID) as (received_at, thread); the newest thread per
+    /// (agent, subject key, participants key) as (created_at, id); stored
+    /// participant lists of those threads.
+    headers_prefetched: bool,
+    subjects_prefetched: bool,
+    stored_by_header: HashMap<(String, String), (i64, String)>,
+    stored_by_subject: HashMap<(String, String, String), (i64, String)>,
+    stored_participants: HashMap<String, String>,
 }
 
 impl Batch {
