@@ -80,6 +80,37 @@ pub(crate) fn contrast(fg: Rgba, bg: Rgba) -> f32 {
     (hi + 0.05) / (lo + 0.05)
 }
 
+/// Remembers the last few [`contrast`] results: mail repeats a handful of colour pairs on
+/// every element that sets a colour, and each ratio costs six channel conversions.
+#[derive(Default)]
+pub(crate) struct ContrastCache {
+    entries: [Option<(Rgba, Rgba, f32)>; 4],
+    next: usize,
+}
+
+impl ContrastCache {
+    /// `contrast(fg, bg)`, from the cache when the same (bitwise) pair was seen recently.
+    pub fn get(&mut self, fg: Rgba, bg: Rgba) -> f32 {
+        let same = |a: Rgba, b: Rgba| {
+            [a.r, a.g, a.b, a.a]
+                .iter()
+                .zip([b.r, b.g, b.b, b.a])
+                .all(|(x, y)| x.to_bits() == y.to_bits())
+        };
+        for (f, b, ratio) in self.entries.iter().flatten() {
+            if same(*f, fg) && same(*b, bg) {
+                return *ratio;
+            }
+        }
+        let ratio = contrast(fg, bg);
+        if let Some(slot) = self.entries.get_mut(self.next) {
+            *slot = Some((fg, bg, ratio));
+        }
+        self.next = (self.next + 1) % self.entries.len();
+        ratio
+    }
+}
+
 /// A parsed colour value.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum ColorValue {
@@ -230,6 +261,33 @@ pub(crate) fn parse_attr_color(value: &str) -> Option<Rgba> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn contrast_cache_returns_contrast() {
+        let mut cache = ContrastCache::default();
+        let colours = [
+            Rgba::BLACK,
+            Rgba::WHITE,
+            Rgba::opaque(0x88, 0x88, 0x88),
+            Rgba::opaque(0x33, 0x33, 0x33),
+            Rgba {
+                a: 0.5,
+                ..Rgba::opaque(10, 200, 30)
+            },
+            Rgba::TRANSPARENT,
+            Rgba {
+                r: 12.5,
+                ..Rgba::WHITE
+            },
+        ];
+        for _ in 0..3 {
+            for &fg in &colours {
+                for &bg in &colours {
+                    assert_eq!(cache.get(fg, bg).to_bits(), contrast(fg, bg).to_bits());
+                }
+            }
+        }
+    }
 
     #[test]
     fn contrast_matches_wcag() {

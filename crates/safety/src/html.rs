@@ -8,9 +8,7 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
-use html5ever::tendril::{StrTendril, TendrilSink};
-
-use crate::color::{ColorValue, Rgba, contrast, parse_attr_color};
+use crate::color::{ColorValue, ContrastCache, Rgba, parse_attr_color};
 use crate::css::{self, Decl, DisplayKind, Len, Position, Sheet, Val};
 use crate::findings::{Collector, truncate_bytes};
 use crate::sink::{Data, Dom, Element, NodeId};
@@ -26,11 +24,6 @@ pub(crate) struct Rendered {
     pub links: Vec<Link>,
 }
 
-/// Bytes fed to html5ever per step between budget checks.
-const CHUNK: usize = 16 * 1024;
-/// Parse work charged per tree node created, on top of one unit per input byte (html5ever
-/// spends a few thousand instructions per node and a few per byte of text).
-const PARSE_NODE_COST: usize = 64;
 /// Parse work after which the rest of the input is dropped, with a finding. Work is counted
 /// rather than timed, so the output does not depend on the machine's load; this is about
 /// 200 million instructions, roughly 40 ms of parsing in a release build (html5ever: 2,000-3,000
@@ -70,31 +63,31 @@ pub(crate) fn render(html: &str, location: &str, acc: &mut Collector) -> Rendere
             location,
         );
     }
-    let shallow = crate::prepass::limit_depth(limited, MAX_DOM_DEPTH - 12);
-    if shallow.dropped_bytes > 0 {
+    let parsed = crate::parse::parse(limited, MAX_DOM_DEPTH - 12, PARSE_BUDGET);
+    if parsed.dropped_bytes > 0 {
         acc.removed(
             FindingKind::Truncated,
             &format!(
                 "content nested deeper than {MAX_DOM_DEPTH} elements dropped ({} bytes): {}",
-                shallow.dropped_bytes, shallow.dropped_text
+                parsed.dropped_bytes, parsed.dropped_text
             ),
             location,
         );
     }
-    let (doc, cut) = parse(&shallow.html, PARSE_BUDGET);
-    if cut {
+    if parsed.cut {
         acc.note(
             FindingKind::Truncated,
             "parsing stopped at the work budget; the rest was dropped".to_string(),
             location,
         );
     }
+    let doc = parsed.dom;
     let sheet = collect_styles(&doc, location, acc);
     let mut w = Walker {
         doc: &doc,
         sheet: &sheet,
         acc,
-        text: TextBuf::with_capacity(shallow.html.len() / 4),
+        text: TextBuf::with_capacity(limited.len().saturating_sub(parsed.dropped_bytes) / 4),
         reply: TextBuf::default(),
         reply_shared: true,
         reply_cut: false,
@@ -113,6 +106,7 @@ pub(crate) fn render(html: &str, location: &str, acc: &mut Collector) -> Rendere
         depth_hit: false,
         has_budget: Cell::new(HAS_BUDGET),
         marker_buf: String::new(),
+        contrast: ContrastCache::default(),
     };
     let stopped = w.walk();
     w.flush_hidden();
@@ -144,32 +138,6 @@ pub(crate) fn render(html: &str, location: &str, acc: &mut Collector) -> Rendere
         reply.finish()
     };
     Rendered { text, reply, links }
-}
-
-/// Parses in chunks so a pathological document stops at the work budget instead of running
-/// on. Work is counted, not timed, so the result does not depend on the machine's load.
-fn parse(html: &str, budget: usize) -> (Dom, bool) {
-    let mut parser =
-        html5ever::driver::parse_document(crate::sink::Sink::new(html.len()), Default::default());
-    let mut rest = html;
-    let mut fed = 0usize;
-    let mut cut = false;
-    while !rest.is_empty() {
-        let mut end = rest.len().min(CHUNK);
-        while end < rest.len() && !rest.is_char_boundary(end) {
-            end += 1;
-        }
-        parser.process(StrTendril::from_slice(&rest[..end]));
-        rest = &rest[end..];
-        fed += end;
-        let nodes = parser.tokenizer.sink.sink.nodes();
-        let work = fed.saturating_add(nodes.saturating_mul(PARSE_NODE_COST));
-        if !rest.is_empty() && work > budget {
-            cut = true;
-            break;
-        }
-    }
-    (parser.finish(), cut)
 }
 
 /// Reads every `<style>` element (they apply wherever they are) into one indexed sheet.
@@ -433,6 +401,8 @@ struct Walker<'a> {
     has_budget: Cell<usize>,
     /// Reused buffer for link markers (`<href>`).
     marker_buf: String,
+    /// Recent contrast ratios (colour pairs repeat from element to element).
+    contrast: ContrastCache,
 }
 
 fn is_block(name: &str) -> bool {
@@ -770,7 +740,7 @@ impl<'a> Walker<'a> {
                 a: paint.a * c.opacity,
                 ..paint
             };
-            c.low_contrast = paint.a < 0.1 || contrast(paint, c.bg) < MIN_CONTRAST;
+            c.low_contrast = paint.a < 0.1 || self.contrast.get(paint, c.bg) < MIN_CONTRAST;
         }
         if let Some(fs) = spec.font_size
             && let Some(px) = fs.px(parent.font_px, parent.font_px)
@@ -1212,7 +1182,7 @@ impl<'a> Walker<'a> {
         let conditional =
             body.starts_with("[if") || body.contains("<![endif]") || body.starts_with("[endif");
         let mut text = String::new();
-        crate::prepass::strip_tags_into(body, &mut text, 64 * 1024);
+        crate::text::strip_tags_into(body, &mut text, 64 * 1024);
         let text = text.trim();
         let text = if conditional {
             text.trim_start_matches(|c: char| c != ']')

@@ -12,7 +12,7 @@ mod findings;
 mod html;
 mod links;
 mod message;
-mod prepass;
+mod parse;
 mod prompt;
 mod reply;
 mod risk;

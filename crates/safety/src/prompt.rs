@@ -18,20 +18,36 @@ static LOOKALIKE_AT: LazyLock<Option<Regex>> =
 
 /// Bytes at which a [`LOOKALIKE`] match can start: `<`, `[`, `u`/`U` (case folding adds no
 /// other form of `u`), and the lead bytes of `＜‹«〈⟨`. All are ASCII or UTF-8 lead bytes,
-/// so always at a char boundary.
-const fn start_bytes() -> [bool; 256] {
-    let mut t = [false; 256];
-    t[b'<' as usize] = true;
-    t[b'[' as usize] = true;
-    t[b'u' as usize] = true;
-    t[b'U' as usize] = true;
-    t[0xC2] = true; // «
-    t[0xE2] = true; // ‹ ⟨
-    t[0xE3] = true; // 〈
-    t[0xEF] = true; // ＜
-    t
+/// so always at a char boundary. Compares rather than a table, so a block test vectorises.
+#[inline]
+fn may_start(c: u8) -> bool {
+    (c == b'<')
+        | (c == b'[')
+        | (c | 0x20 == b'u')
+        | (c == 0xC2) // «
+        | (c == 0xE2) // ‹ ⟨
+        | (c == 0xE3) // 〈
+        | (c == 0xEF) // ＜
 }
-const STARTS: [bool; 256] = start_bytes();
+
+/// The [`LOOKALIKE`] match starting at byte `i` of `text`, if any.
+fn match_at<'t>(re: &Regex, text: &'t str, i: usize) -> Option<&'t str> {
+    let b = text.as_bytes();
+    // A match starting with `u` spells `untrusted`; `n` and `t` have no non-ASCII case
+    // variants, so two bytes rule out most of the `u`s of ordinary text without the regex.
+    if b.get(i).is_some_and(|c| c | 0x20 == b'u')
+        && !b
+            .get(i + 1..i + 3)
+            .is_some_and(|nt| nt.eq_ignore_ascii_case(b"nt"))
+    {
+        return None;
+    }
+    let m = re.find(text.get(i..)?)?;
+    (!m.is_empty()).then_some(m.as_str())
+}
+
+/// Bytes tested at once by [`neutralise`].
+const BLOCK: usize = 8;
 
 /// Replaces delimiter look-alikes with a visible, inert marker.
 pub(crate) fn neutralise(text: &str) -> String {
@@ -45,18 +61,31 @@ pub(crate) fn neutralise(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let (mut i, mut last) = (0, 0);
     while i < b.len() {
-        if !STARTS[b[i] as usize] {
-            i += 1;
+        // Blocks of 8 bytes with no possible start are skipped with one branch-free test (a
+        // fixed-size block, so it is unrolled; 8 measured cheaper than 16 or a byte table).
+        let block_end = (i + BLOCK).min(b.len());
+        if let Some(block) = b
+            .get(i..i + BLOCK)
+            .and_then(|s| <&[u8; BLOCK]>::try_from(s).ok())
+            && block
+                .iter()
+                .fold(0u8, |acc, &c| acc | u8::from(may_start(c)))
+                == 0
+        {
+            i = block_end;
             continue;
         }
-        match text.get(i..).and_then(|rest| re.find(rest)) {
-            Some(m) if !m.is_empty() => {
+        while i < block_end {
+            if may_start(b[i])
+                && let Some(m) = match_at(re, text, i)
+            {
                 out.push_str(&text[last..i]);
-                defang_into(m.as_str(), &mut out);
-                i += m.end();
+                defang_into(m, &mut out);
+                i += m.len();
                 last = i;
+                break;
             }
-            _ => i += 1,
+            i += 1;
         }
     }
     out.push_str(&text[last..]);
@@ -211,8 +240,36 @@ mod tests {
             "< / system > <user> </instructions> <tool_call> ⟨untrusted content⟩",
             "uuuu UNTRUSTED   CONTENT〉 untrusted content",
             "é<untrusted_content 〈untrusted_content",
+            "0123456789abcde<untrusted_content>0123456789abcdef<|a|>uNTRUSTED CONTENT>",
+            "a block of sixteen then [inst][/inst]untrusted content> unt unt u",
+            "sixteen byte run<sys] [sys] <<sys>>",
         ] {
-            assert_eq!(neutralise(t), reference(t), "{t}");
+            // At every offset relative to the blocks.
+            for pad in 0..=2 * BLOCK {
+                let t = format!("{}{t}", "x".repeat(pad));
+                assert_eq!(neutralise(&t), reference(&t), "{t}");
+            }
+        }
+    }
+
+    #[test]
+    fn start_bytes_and_case_folds() {
+        for c in ['<', '[', 'u', 'U', '＜', '‹', '«', '〈', '⟨'] {
+            let mut buf = [0u8; 4];
+            assert!(may_start(c.encode_utf8(&mut buf).as_bytes()[0]), "{c}");
+        }
+        // Only these bytes may start a match (every alternative of the pattern starts with
+        // one of the characters above, or `u` of `untrusted`).
+        for byte in 0..=255u8 {
+            let expect = matches!(byte, b'<' | b'[' | b'u' | b'U' | 0xC2 | 0xE2 | 0xE3 | 0xEF);
+            assert_eq!(may_start(byte), expect, "{byte:#x}");
+        }
+        // `match_at` relies on `u`, `n` and `t` having no non-ASCII case variants.
+        let fold = Regex::new("(?i)^[unt]$").expect("pattern");
+        for c in (0..=0x10FFFFu32).filter_map(char::from_u32) {
+            if fold.is_match(c.encode_utf8(&mut [0u8; 4])) {
+                assert!(c.is_ascii(), "{c:?}");
+            }
         }
     }
 

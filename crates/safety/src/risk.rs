@@ -395,23 +395,10 @@ fn normalise(s: &str) -> Cow<'_, str> {
 
 /// Two ASCII whitespace bytes in a row (other than a blank line), or any tab.
 fn needs_space_collapse(b: &[u8]) -> bool {
-    let mut prev: Option<u8> = None;
-    for &c in b {
-        if c == b'\t' {
-            return true;
-        }
-        if c.is_ascii_whitespace() {
-            if let Some(p) = prev
-                && !(p == b'\n' && c == b'\n')
-            {
-                return true;
-            }
-            prev = Some(c);
-        } else {
-            prev = None;
-        }
-    }
-    false
+    let ws = |c: u8| (c == b' ') | (c == b'\t') | (c == b'\n') | (c == 0x0C) | (c == b'\r');
+    let hit = |p: u8, c: u8| (c == b'\t') | (ws(p) & ws(c) & !((p == b'\n') & (c == b'\n')));
+    // Every pair of neighbours (this runs over the whole visible text).
+    b.first() == Some(&b'\t') || crate::text::any_pair(b, hit)
 }
 
 /// The first instruction-like phrase in `s`, if any.
@@ -599,6 +586,61 @@ pub(crate) fn assess(text: &str, acc: &Collector, subject: Option<&str>) -> Risk
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The byte loop [`needs_space_collapse`] replaced.
+    fn needs_space_collapse_loop(b: &[u8]) -> bool {
+        let mut prev: Option<u8> = None;
+        for &c in b {
+            if c == b'\t' {
+                return true;
+            }
+            if c.is_ascii_whitespace() {
+                if let Some(p) = prev
+                    && !(p == b'\n' && c == b'\n')
+                {
+                    return true;
+                }
+                prev = Some(c);
+            } else {
+                prev = None;
+            }
+        }
+        false
+    }
+
+    #[test]
+    fn space_collapse_check_matches_the_byte_loop() {
+        let alphabet = [b' ', b'\t', b'\n', b'\r', 0x0C, 0x0B, b'a'];
+        // Every string of up to 6 bytes over the alphabet...
+        for len in 0..=6u32 {
+            for mut n in 0..alphabet.len().pow(len) {
+                let s: Vec<u8> = (0..len)
+                    .map(|_| {
+                        let c = alphabet[n % alphabet.len()];
+                        n /= alphabet.len();
+                        c
+                    })
+                    .collect();
+                assert_eq!(
+                    needs_space_collapse(&s),
+                    needs_space_collapse_loop(&s),
+                    "{s:?}"
+                );
+            }
+        }
+        // ...and pairs placed across the 32-byte block boundaries.
+        for at in 28..70 {
+            for pair in [&b"  "[..], b"\n\n", b"\n ", b" \r", b"a\t", b"\x0b "] {
+                let mut s = vec![b'a'; 80];
+                s[at..at + 2].copy_from_slice(pair);
+                assert_eq!(
+                    needs_space_collapse(&s),
+                    needs_space_collapse_loop(&s),
+                    "{at} {pair:?}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn detects_common_injections() {

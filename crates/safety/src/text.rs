@@ -162,6 +162,27 @@ impl TextBuf {
     }
 }
 
+/// Whether `f(b[i], b[i + 1])` holds for some `i`. Blocks of 32 pairs are tested
+/// branch-free on fixed-size arrays, so that the test vectorises (these run over whole texts).
+#[inline]
+pub(crate) fn any_pair(b: &[u8], f: impl Fn(u8, u8) -> bool) -> bool {
+    let mut i = 0;
+    while let Some(block) = b.get(i..i + 33).and_then(|s| <&[u8; 33]>::try_from(s).ok()) {
+        let mut hit = false;
+        for k in 0..32 {
+            hit |= f(block[k], block[k + 1]);
+        }
+        if hit {
+            return true;
+        }
+        i += 32;
+    }
+    b.get(i..)
+        .unwrap_or_default()
+        .windows(2)
+        .any(|w| f(w[0], w[1]))
+}
+
 /// True when [`tidy`] would return `s` unchanged (checked instead of re-tidying text that
 /// is already tidy, the common case): no line ends in whitespace (`\r`
 /// included), no leading blank line, no run of two blank lines, no trailing newline.
@@ -263,6 +284,38 @@ pub(crate) fn render_plain(text: &str, location: &str, acc: &mut Collector) -> R
     }
 }
 
+/// Appends the text of an HTML fragment with tags removed (cheap, approximate).
+pub(crate) fn strip_tags_into(html: &str, out: &mut String, cap: usize) {
+    let mut in_tag = false;
+    let mut last_space = out.ends_with(' ') || out.is_empty();
+    for c in html.chars() {
+        if out.len() >= cap {
+            return;
+        }
+        match c {
+            '<' => in_tag = true,
+            '>' if in_tag => {
+                in_tag = false;
+                if !last_space {
+                    out.push(' ');
+                    last_space = true;
+                }
+            }
+            _ if in_tag => {}
+            c if c.is_whitespace() => {
+                if !last_space {
+                    out.push(' ');
+                    last_space = true;
+                }
+            }
+            c => {
+                out.push(c);
+                last_space = false;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,6 +385,15 @@ mod tests {
         ];
         for s in cases {
             assert_eq!(is_tidy(s), tidy(s) == s, "{s:?}");
+        }
+        // Line ends on both sides of the 32-byte blocks of the fast path.
+        for pad in 25..40 {
+            for end in [
+                "x", " ", "\t", "\r", "\u{b}", "\u{c}", "é", "\u{a0}", "\u{2028}", "\n",
+            ] {
+                let s = format!("{}{end}\nnext line", "a".repeat(pad));
+                assert_eq!(is_tidy(&s), tidy(&s) == s, "{s:?}");
+            }
         }
     }
 }

@@ -33,6 +33,33 @@ fn nested_100k_divs() {
     assert!(has(&v, FindingKind::Truncated));
 }
 
+/// 5 MB of tags past the depth cap: html5ever still tokenises every dropped tag, so the
+/// parse budget charges them (uncharged: up to ~200 ms each in a release build).
+#[test]
+fn deep_tag_floods() {
+    let cases = [
+        ("divs", format!("<p>start</p>{}", "<div>".repeat(1_000_000))),
+        (
+            "formatting",
+            format!("<p>start</p>{}hidden", "<b>".repeat(1_700_000)),
+        ),
+        (
+            "closed pairs",
+            format!(
+                "<p>start</p>{}{}",
+                "<div>".repeat(600),
+                "<span>hidden</span>".repeat(250_000)
+            ),
+        ),
+    ];
+    for (name, html) in &cases {
+        let v = timed(&format!("deep_tag_flood {name}"), html);
+        assert!(v.text.contains("start"), "{name}");
+        assert!(!v.text.contains("hidden"), "{name}");
+        assert!(has(&v, FindingKind::Truncated), "{name}");
+    }
+}
+
 #[test]
 fn nested_100k_unclosed_mixed() {
     let html = "<div><span><b><i><table><tr><td><a href=x><font>".repeat(12_500);
