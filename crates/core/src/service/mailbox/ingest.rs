@@ -358,28 +358,46 @@ impl Service {
         }
         participant_keys.sort_unstable();
         participant_keys.dedup();
-        // CROSS JOIN keeps SQLite's order: from the Message-ID index, then
-        // the entry by its key (never the agents' whole mailboxes).
+        // Two lookups, each on an index of its own: the stored messages with
+        // those Message-IDs, then their entries in these agents' mailboxes.
+        // (As one join, PostgreSQL chose to scan a mailbox that holds most
+        // of the table, a cost growing with every message stored.)
+        let mut stored: HashMap<String, String> = HashMap::new(); // id -> Message-ID
         for chunk in headers.chunks(PREFETCH_CHUNK) {
             let sql = format!(
-                "SELECT e.agent_id, m.message_id_header, e.thread_id, e.received_at, t.participants \
-                 FROM messages m CROSS JOIN mailbox_entries e CROSS JOIN threads t \
-                 WHERE m.message_id_header IN ({}) AND e.message_id = m.id AND e.agent_id IN ({}) AND t.id = e.thread_id",
+                "SELECT id, message_id_header FROM messages WHERE message_id_header IN ({})",
+                list_marks(dialect, 1, chunk.len())
+            );
+            let mut q = sqlx::query_as::<_, (String, String)>(AssertSqlSafe(sql));
+            for h in chunk {
+                q = q.bind(h.to_string());
+            }
+            stored.extend(q.fetch_all(&mut **tx).await?);
+        }
+        let ids: Vec<&String> = stored.keys().collect();
+        for chunk in ids.chunks(PREFETCH_CHUNK) {
+            let sql = format!(
+                "SELECT e.agent_id, e.message_id, e.thread_id, e.received_at, t.participants \
+                 FROM mailbox_entries e JOIN threads t ON t.id = e.thread_id \
+                 WHERE e.message_id IN ({}) AND e.agent_id IN ({})",
                 list_marks(dialect, 1, chunk.len()),
                 list_marks(dialect, chunk.len() + 1, agents.len())
             );
             let mut q =
                 sqlx::query_as::<_, (String, String, String, i64, String)>(AssertSqlSafe(sql));
-            for h in chunk {
-                q = q.bind(h.to_string());
+            for id in chunk {
+                q = q.bind(id.to_string());
             }
             for a in &agents {
                 q = q.bind(a.clone());
             }
-            for (agent, header, thread, at, participants) in q.fetch_all(&mut **tx).await? {
+            for (agent, message, thread, at, participants) in q.fetch_all(&mut **tx).await? {
+                let Some(header) = stored.get(&message) else {
+                    continue;
+                };
                 let slot = st
                     .stored_by_header
-                    .entry((agent, header))
+                    .entry((agent, header.clone()))
                     .or_insert((at, thread.clone()));
                 if at > slot.0 {
                     *slot = (at, thread.clone());
