@@ -336,8 +336,9 @@ impl Service {
             return Ok(()); // nothing to file, or filing reads per message
         }
         let mut headers: Vec<&str> = vec![];
-        let mut subjects: Vec<&str> = vec![];
-        let mut participant_keys: Vec<String> = vec![];
+        // (agent, subject key, participants key) of every filing that may
+        // join a thread by subject.
+        let mut subject_keys: Vec<(String, String, String)> = vec![];
         for p in batch {
             let pm = &p.parsed;
             headers.extend(
@@ -347,17 +348,23 @@ impl Service {
                     .map(String::as_str),
             );
             headers.extend(pm.message_id.as_deref());
-            if !pm.subject_key.is_empty() {
-                subjects.push(&pm.subject_key);
-                participant_keys.push(pm.participants().join(" "));
+            if pm.subject_key.is_empty() {
+                continue;
+            }
+            let participants = pm.participants().join(" ");
+            for rcpt in &p.delivery.rcpt_to {
+                let Ok(addr) = AgentAddress::parse(rcpt, "rcpt") else {
+                    continue;
+                };
+                if let Some(Some(a)) = st.agents.get(&addr.key()) {
+                    subject_keys.push((a.id.clone(), pm.subject_key.clone(), participants.clone()));
+                }
             }
         }
-        for list in [&mut headers, &mut subjects] {
-            list.sort_unstable();
-            list.dedup();
-        }
-        participant_keys.sort_unstable();
-        participant_keys.dedup();
+        headers.sort_unstable();
+        headers.dedup();
+        subject_keys.sort_unstable();
+        subject_keys.dedup();
         // Two lookups, each on an index of its own: the stored messages with
         // those Message-IDs, then their entries in these agents' mailboxes.
         // (As one join, PostgreSQL chose to scan a mailbox that holds most
@@ -405,32 +412,25 @@ impl Service {
                 st.stored_participants.insert(thread, participants);
             }
         }
-        if !subjects.is_empty()
-            && subjects.len() <= PREFETCH_CHUNK
-            && participant_keys.len() <= PREFETCH_CHUNK
-        {
+        // Exactly the keys wanted, joined from a VALUES list: one index probe
+        // each. (Three IN lists would probe their whole cross product, and
+        // SQLite scans the table for a row-value IN.)
+        if !subject_keys.is_empty() && subject_keys.len() <= PREFETCH_CHUNK {
             let sql = format!(
-                "SELECT agent_id, subject_key, participants_key, id, created_at, participants FROM threads \
-                 WHERE agent_id IN ({}) AND subject_key IN ({}) AND participants_key IN ({})",
-                list_marks(dialect, 1, agents.len()),
-                list_marks(dialect, agents.len() + 1, subjects.len()),
-                list_marks(
-                    dialect,
-                    agents.len() + subjects.len() + 1,
-                    participant_keys.len()
-                )
+                "WITH k (a, s, p) AS (VALUES {}) \
+                 SELECT t.agent_id, t.subject_key, t.participants_key, t.id, t.created_at, t.participants \
+                 FROM k CROSS JOIN threads t \
+                 WHERE t.agent_id = k.a AND t.subject_key = k.s AND t.participants_key = k.p",
+                value_groups(dialect, subject_keys.len(), 3, parenthesised)
             );
             let mut q = sqlx::query_as::<_, (String, String, String, String, i64, String)>(
                 AssertSqlSafe(sql),
             );
-            for a in &agents {
-                q = q.bind(a.clone());
-            }
-            for s in &subjects {
-                q = q.bind(s.to_string());
-            }
-            for k in &participant_keys {
-                q = q.bind(k.clone());
+            for (agent, subject, participants) in &subject_keys {
+                q = q
+                    .bind(agent.clone())
+                    .bind(subject.clone())
+                    .bind(participants.clone());
             }
             for (agent, subject, pkey, id, created, participants) in q.fetch_all(&mut **tx).await? {
                 // The newest thread of that subject among those participants.
