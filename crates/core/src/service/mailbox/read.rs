@@ -443,12 +443,11 @@ impl Service {
         }
         // A mailbox no larger than the window had every candidate in it:
         // a key lookup instead of running the window again to count it.
-        let held: Option<(i64,)> =
-            sqlx::query_as("SELECT messages FROM mailbox_usage WHERE agent_id = $1")
-                .bind(&agent_id)
-                .fetch_optional(&self.db.pool)
-                .await?;
-        if held.is_none_or(|(n,)| n < SEARCH_WINDOW) {
+        if self
+            .messages_held(&agent_id)
+            .await?
+            .is_none_or(|n| n < SEARCH_WINDOW)
+        {
             return Ok(rows);
         }
         let in_window = {
@@ -714,14 +713,13 @@ impl Service {
             Some(_) => "e.folder = $2",
             None => "e.folder <> 'trash'",
         };
-        let held: Option<(i64,)> =
-            sqlx::query_as("SELECT messages FROM mailbox_usage WHERE agent_id = $1")
-                .bind(agent_id)
-                .fetch_optional(&self.db.pool)
-                .await?;
         // One statement for a small mailbox; the walk pays off only when
         // the agent holds far more entries than a page touches.
-        if held.is_none_or(|(n,)| n <= self.cfg.threads_aggregate_up_to) {
+        if self
+            .messages_held(agent_id)
+            .await?
+            .is_none_or(|n| n <= self.cfg.threads_aggregate_up_to)
+        {
             return self
                 .thread_page_aggregated(agent_id, folder, folder_cond, cursor, limit)
                 .await;
@@ -831,6 +829,19 @@ impl Service {
         });
         found.truncate(limit as usize + 1);
         Ok(found)
+    }
+
+    /// How many messages the agent's mailbox holds (all folders): the usage
+    /// counter, updated in the same transaction as every filing
+    /// (`file_entry`, the group commit) and removal (retention, purge), so
+    /// it is exact. `None` before the first message.
+    async fn messages_held(&self, agent_id: &str) -> Result<Option<i64>> {
+        let held: Option<(i64,)> =
+            sqlx::query_as("SELECT messages FROM mailbox_usage WHERE agent_id = $1")
+                .bind(agent_id)
+                .fetch_optional(&self.db.pool)
+                .await?;
+        Ok(held.map(|(n,)| n))
     }
 
     /// [`Self::thread_page`] for a mailbox small enough to aggregate whole:
