@@ -169,20 +169,7 @@ mod tests {
 
     #[test]
     fn fast_path_equals_tidy_of_joined_lines() {
-        for t in [
-            "",
-            "a",
-            "a\n",
-            "\na",
-            "a\n\nb",
-            "a\n\n\nb",
-            "a \nb",
-            "a\r\nb",
-            "a\u{a0}\nb",
-            "a\n \nb",
-            "a\rb",
-            "x\n\n",
-        ] {
+        for &t in crate::text::tests::TIDY_EDGE_CASES {
             let lines: Vec<&str> = t.lines().collect();
             assert_eq!(
                 strip_quoted(t),

@@ -317,7 +317,7 @@ pub(crate) fn strip_tags_into(html: &str, out: &mut String, cap: usize) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -361,30 +361,27 @@ mod tests {
         }
     }
 
+    /// Line-break and whitespace edge cases for the tidy fast paths (here and in `reply`).
+    pub(crate) const TIDY_EDGE_CASES: &[&str] = &[
+        "",
+        "a",
+        "a\n",
+        "\na",
+        "a\n\nb",
+        "a\n\n\nb",
+        "a \nb",
+        "a\r\nb",
+        "a\u{a0}\nb",
+        "a\n \nb",
+        "a\rb",
+        "x\n\n",
+    ];
+
     #[test]
     fn is_tidy_agrees_with_tidy() {
-        let cases = [
-            "",
-            "a",
-            "a\n",
-            "\na",
-            "a\n\nb",
-            "a\n\n\nb",
-            "a \nb",
-            "a\r\nb",
-            "a\u{a0}\nb",
-            "a\n \nb",
-            "a\rb",
-            "x\n\n",
-            "\n",
-            " ",
-            "a\u{3000}",
-            "a\n\t",
-            "a\r",
-            "é\n\nü",
-        ];
-        for s in cases {
-            assert_eq!(is_tidy(s), tidy(s) == s, "{s:?}");
+        let more = ["\n", " ", "a\u{3000}", "a\n\t", "a\r", "é\n\nü"];
+        for s in TIDY_EDGE_CASES.iter().chain(&more) {
+            assert_eq!(is_tidy(s), tidy(s) == *s, "{s:?}");
         }
         // Line ends on both sides of the 32-byte blocks of the fast path.
         for pad in 25..40 {

@@ -1183,17 +1183,12 @@ impl Service {
     async fn claim_deliveries(&self, node: &str, n: i64) -> Result<Vec<Job>> {
         let now = self.now();
         let lease = now + (self.webhook_settings().timeout.as_micros() as i64) + 45_000_000;
-        // Most wake-ups (every commit) find nothing due. Look with a read
-        // first: the claim is a write, and on SQLite it would queue for the
-        // write lock behind the mail group commit for nothing.
-        let due: Option<(i64,)> = sqlx::query_as(
-            "SELECT 1 FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= $1 \
-             AND (lease_until IS NULL OR lease_until < $1) LIMIT 1",
-        )
-        .bind(now)
-        .fetch_optional(&self.db.pool)
-        .await?;
-        if due.is_none() {
+        // Most wake-ups (every commit) find nothing due.
+        if !self
+            .db
+            .has_due(crate::store::WorkQueue::Webhooks, now)
+            .await?
+        {
             return Ok(vec![]);
         }
         let lock = if self.db.dialect == Dialect::Postgres {

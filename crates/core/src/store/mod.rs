@@ -78,6 +78,13 @@ pub(crate) fn parenthesised(marks: &[String]) -> String {
     format!("({})", marks.join(","))
 }
 
+/// The leased work queues the workers poll.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum WorkQueue {
+    Outbound,
+    Webhooks,
+}
+
 #[derive(Clone)]
 pub(crate) struct Db {
     pub pool: AnyPool,
@@ -205,6 +212,26 @@ impl Db {
             .execute(&mut *tx)
             .await?;
         Ok(tx)
+    }
+
+    /// Whether a work queue has a row in `status` that is due at `now` and
+    /// not leased. Workers ask this with a read before claiming with a
+    /// write: most polls find nothing, and on SQLite the claim would queue
+    /// for the write lock behind the mail group commit for nothing.
+    pub async fn has_due(&self, queue: WorkQueue, now: i64) -> Result<bool> {
+        let (table, status) = match queue {
+            WorkQueue::Outbound => ("outbound_queue", "queued"),
+            WorkQueue::Webhooks => ("webhook_deliveries", "pending"),
+        };
+        let sql = format!(
+            "SELECT 1 FROM {table} WHERE status = '{status}' AND next_attempt_at <= $1 \
+             AND (lease_until IS NULL OR lease_until < $1) LIMIT 1"
+        );
+        let due: Option<(i64,)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(due.is_some())
     }
 
     pub async fn ping(&self) -> Result<()> {

@@ -84,6 +84,11 @@ struct Prepared {
     delivery: InboundDelivery,
     parsed: Parsed,
     blob_hash: String,
+    /// The agent key of each envelope recipient (aligned with `rcpt_to`),
+    /// and the message's participants: worked out before the queue, so the
+    /// one committer task does not redo them per batch read and filing.
+    rcpt_keys: Vec<Option<String>>,
+    participants: Vec<String>,
 }
 
 struct Job {
@@ -128,9 +133,15 @@ impl Ingest {
             return Err(DeliveryError::Rejected("no recipients".into()));
         }
         // Parsing a 50 MB message is CPU work: keep it off the reactor.
-        let (delivery, parsed) = tokio::task::spawn_blocking(move || {
+        let (delivery, parsed, rcpt_keys, participants) = tokio::task::spawn_blocking(move || {
             let parsed = parse::parse(&delivery.raw);
-            (delivery, parsed)
+            let rcpt_keys = delivery
+                .rcpt_to
+                .iter()
+                .map(|r| AgentAddress::parse(r, "rcpt").ok().map(|a| a.key()))
+                .collect();
+            let participants = parsed.participants();
+            (delivery, parsed, rcpt_keys, participants)
         })
         .await
         .map_err(|_| DeliveryError::Temp)?;
@@ -154,6 +165,8 @@ impl Ingest {
                 delivery,
                 parsed,
                 blob_hash,
+                rcpt_keys,
+                participants,
             },
             reply,
         };
@@ -209,6 +222,8 @@ struct Rcpt {
     agent_id: String,
     address: String,
     rcpt: String,
+    /// Its key in `Batch::agents`.
+    key: String,
 }
 
 impl Service {
@@ -292,8 +307,7 @@ impl Service {
         let dialect = Dialect::of(tx);
         let mut keys: Vec<String> = batch
             .iter()
-            .flat_map(|p| &p.delivery.rcpt_to)
-            .filter_map(|r| AgentAddress::parse(r, "rcpt").ok().map(|a| a.key()))
+            .flat_map(|p| p.rcpt_keys.iter().flatten().cloned())
             .collect();
         keys.sort_unstable();
         keys.dedup();
@@ -351,12 +365,9 @@ impl Service {
             if pm.subject_key.is_empty() {
                 continue;
             }
-            let participants = pm.participants().join(" ");
-            for rcpt in &p.delivery.rcpt_to {
-                let Ok(addr) = AgentAddress::parse(rcpt, "rcpt") else {
-                    continue;
-                };
-                if let Some(Some(a)) = st.agents.get(&addr.key()) {
+            let participants = p.participants.join(" ");
+            for key in p.rcpt_keys.iter().flatten() {
+                if let Some(Some(a)) = st.agents.get(key) {
                     subject_keys.push((a.id.clone(), pm.subject_key.clone(), participants.clone()));
                 }
             }
@@ -449,42 +460,6 @@ impl Service {
         Ok(())
     }
 
-    /// The recipient's agent, quota and usage, read once per batch.
-    async fn batch_agent(
-        &self,
-        tx: &mut Tx,
-        st: &mut Batch,
-        key: &str,
-    ) -> Result<Option<BatchAgent>> {
-        if let Some(a) = st.agents.get(key) {
-            return Ok(a.clone());
-        }
-        let sql = format!(
-            "SELECT a.id, a.address, a.status, {AGENT_POLICY_SETTINGS} AS settings, COALESCE(u.bytes, 0) AS used \
-             FROM agents a LEFT JOIN mailbox_usage u ON u.agent_id = a.id \
-             WHERE a.address_key = $1 AND a.status <> 'decommissioned'"
-        );
-        let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(key)
-            .fetch_optional(&mut **tx)
-            .await?;
-        let agent = match row {
-            None => None,
-            Some(row) => {
-                let policy = PolicySettings::resolved(row.try_get("settings")?);
-                Some(BatchAgent {
-                    id: row.try_get("id")?,
-                    address: row.try_get("address")?,
-                    status: row.try_get("status")?,
-                    quota: policy.storage_bytes,
-                    used: row.try_get("used")?,
-                })
-            }
-        };
-        st.agents.insert(key.to_string(), agent.clone());
-        Ok(agent)
-    }
-
     /// Files one delivery into the batch. Database errors abort the batch
     /// (`Err`); refusals are per delivery (`Ok(Err(_))`).
     async fn file_one(
@@ -499,11 +474,12 @@ impl Service {
         // Recipients may have changed state since RCPT: resolve again, under the lock.
         let mut rcpts: Vec<Rcpt> = vec![];
         let mut suspended = false;
-        for rcpt in &d.rcpt_to {
-            let Ok(addr) = AgentAddress::parse(rcpt, "rcpt") else {
+        for (rcpt, key) in d.rcpt_to.iter().zip(&p.rcpt_keys) {
+            let Some(key) = key else {
                 continue;
             };
-            let Some(a) = self.batch_agent(tx, st, &addr.key()).await? else {
+            // `prefetch` read every recipient key of the batch.
+            let Some(a) = st.agents.get(key).cloned().flatten() else {
                 continue;
             };
             if a.status == "suspended" {
@@ -526,6 +502,7 @@ impl Service {
                 agent_id: a.id,
                 address: a.address,
                 rcpt: rcpt.clone(),
+                key: key.clone(),
             });
         }
         if rcpts.is_empty() {
@@ -575,10 +552,9 @@ impl Service {
         let spam =
             d.dmarc == "fail" && matches!(d.dmarc_policy.as_deref(), Some("quarantine" | "reject"));
         let folder = if spam { "spam" } else { "inbox" };
-        let participants = pm.participants();
         for r in &rcpts {
             let thread_id = self
-                .thread_for(tx, st, &r.agent_id, pm, &participants, now)
+                .thread_for(tx, st, &r.agent_id, pm, &p.participants, now)
                 .await?;
             if let Some(own) = &pm.message_id {
                 st.order += 1;
@@ -594,7 +570,7 @@ impl Service {
                 folder,
                 size,
             ));
-            if let Some(Some(a)) = st.agents.get_mut(&agent_key(&r.rcpt)) {
+            if let Some(Some(a)) = st.agents.get_mut(&r.key) {
                 a.used += size;
             }
             match st.usage.iter_mut().find(|u| u.0 == r.agent_id) {
@@ -945,12 +921,6 @@ impl Service {
         .await?;
         Ok(thread_id)
     }
-}
-
-fn agent_key(rcpt: &str) -> String {
-    AgentAddress::parse(rcpt, "rcpt")
-        .map(|a| a.key())
-        .unwrap_or_default()
 }
 
 /// A recipient as the batch sees it: usage includes what the batch filed.

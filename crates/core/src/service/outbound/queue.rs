@@ -129,16 +129,11 @@ impl Service {
     async fn claim_outbound(&self, node: &str, n: i64) -> Result<Vec<Batch>> {
         let now = self.now();
         let lease = now + self.cfg.outbound.lease.as_micros() as i64;
-        // The claim is a write; most polls find nothing due, and on SQLite
-        // the write would queue behind the mail group commit for nothing.
-        let due: Option<(i64,)> = sqlx::query_as(
-            "SELECT 1 FROM outbound_queue WHERE status = 'queued' AND next_attempt_at <= $1 \
-             AND (lease_until IS NULL OR lease_until < $1) LIMIT 1",
-        )
-        .bind(now)
-        .fetch_optional(&self.db.pool)
-        .await?;
-        if due.is_none() {
+        if !self
+            .db
+            .has_due(crate::store::WorkQueue::Outbound, now)
+            .await?
+        {
             return Ok(vec![]);
         }
         let lock = if self.db.dialect == Dialect::Postgres {
