@@ -206,12 +206,16 @@ pub struct Me {
     pub agent: Option<Agent>,
 }
 
+/// Cheap to clone: every field is shared.
+#[derive(Clone)]
 pub struct Service {
     pub(crate) db: Db,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) cfg: CoreConfig,
     /// Wakes this node's delivery worker when a send is queued.
     pub(crate) outbound_wake: Arc<tokio::sync::Notify>,
+    /// This node's send group commit (`outbound::commit`).
+    pub(crate) send_queue: outbound::SendQueue,
 }
 
 /// Page sizes: default 50, at most 200.
@@ -254,6 +258,7 @@ impl Service {
             clock,
             cfg,
             outbound_wake: Arc::new(tokio::sync::Notify::new()),
+            send_queue: Default::default(),
         })
     }
 

@@ -7,13 +7,17 @@ use crate::address::normalise_domain;
 use crate::error::{Error, Result};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
+use mail_auth::common::crypto::{
+    Algorithm, DkimKey as ParsedKey, Ed25519Key, RsaKey, Sha256, SigningKey,
+};
 use mail_auth::common::headers::HeaderWriter;
+use mail_auth::common::headers::Writable;
 use mail_auth::dkim::DkimSigner;
 use mail_builder::MessageBuilder;
 use mail_builder::headers::address::Address;
 use mail_builder::headers::message_id::MessageId;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// Longest subject, in characters.
 const MAX_SUBJECT: usize = 998;
@@ -389,32 +393,68 @@ pub(crate) fn sign(message: Vec<u8>, domain: &str, keys: &[DkimKey]) -> Vec<u8> 
 }
 
 fn sign_one(message: &[u8], domain: &str, k: &DkimKey) -> Result<String, String> {
-    let sig = if k.algorithm == "ed25519" {
+    DkimSigner::from_key(SharedKey(parsed_key(k)?))
+        .domain(domain)
+        .selector(&k.selector)
+        .headers(SIGNED_HEADERS)
+        .sign(message)
+        .map(|s| s.to_header())
+        .map_err(|e| format!("signature: {e}"))
+}
+
+/// Parsed signing keys by their PEM text. Loading an RSA key checks it and
+/// precomputes its blinding values, which cost more than the signature
+/// itself; keyed by content, a rotated key is simply a new entry.
+static PARSED_KEYS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<String, Arc<ParsedKey>>>,
+> = std::sync::LazyLock::new(Default::default);
+/// Keys kept at most (two per domain); beyond it the cache starts over.
+const PARSED_KEYS_MAX: usize = 256;
+
+fn parsed_key(k: &DkimKey) -> Result<Arc<ParsedKey>, String> {
+    let lookup = |cache: &std::collections::HashMap<String, Arc<ParsedKey>>| {
+        cache.get(&k.private_key_pem).cloned()
+    };
+    if let Some(key) = PARSED_KEYS.lock().ok().and_then(|c| lookup(&c)) {
+        return Ok(key);
+    }
+    let key = Arc::new(if k.algorithm == "ed25519" {
         use ed25519_dalek::pkcs8::DecodePrivateKey;
         let key = ed25519_dalek::SigningKey::from_pkcs8_pem(&k.private_key_pem)
             .map_err(|e| format!("ed25519 key: {e}"))?;
-        let key =
+        ParsedKey::Ed25519(
             Ed25519Key::from_seed_and_public_key(&key.to_bytes(), key.verifying_key().as_bytes())
-                .map_err(|e| format!("ed25519 key: {e}"))?;
-        DkimSigner::from_key(key)
-            .domain(domain)
-            .selector(&k.selector)
-            .headers(SIGNED_HEADERS)
-            .sign(message)
+                .map_err(|e| format!("ed25519 key: {e}"))?,
+        )
     } else {
         use rustls_pki_types::PrivateKeyDer;
         use rustls_pki_types::pem::PemObject;
         let der = PrivateKeyDer::from_pem_slice(k.private_key_pem.as_bytes())
             .map_err(|e| format!("rsa key: {e}"))?;
-        let key = RsaKey::<Sha256>::from_key_der(der).map_err(|e| format!("rsa key: {e}"))?;
-        DkimSigner::from_key(key)
-            .domain(domain)
-            .selector(&k.selector)
-            .headers(SIGNED_HEADERS)
-            .sign(message)
-    };
-    sig.map(|s| s.to_header())
-        .map_err(|e| format!("signature: {e}"))
+        ParsedKey::Rsa(RsaKey::<Sha256>::from_key_der(der).map_err(|e| format!("rsa key: {e}"))?)
+    });
+    if let Ok(mut cache) = PARSED_KEYS.lock() {
+        if cache.len() >= PARSED_KEYS_MAX {
+            cache.clear();
+        }
+        cache.insert(k.private_key_pem.clone(), key.clone());
+    }
+    Ok(key)
+}
+
+/// A cached key lent to one signer (`DkimSigner` takes its key by value).
+struct SharedKey(Arc<ParsedKey>);
+
+impl SigningKey for SharedKey {
+    type Hasher = Sha256;
+
+    fn sign(&self, input: impl Writable) -> mail_auth::Result<Vec<u8>> {
+        self.0.sign(input)
+    }
+
+    fn algorithm(&self) -> Algorithm {
+        self.0.algorithm()
+    }
 }
 
 #[cfg(test)]

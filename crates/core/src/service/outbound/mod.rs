@@ -19,6 +19,7 @@
 //! - `app_passwords`: credentials for SMTP submission.
 
 mod app_passwords;
+mod commit;
 mod compose;
 mod drafts;
 mod queue;
@@ -26,6 +27,7 @@ mod reports;
 mod send;
 
 pub use app_passwords::{AppPassword, IssuedAppPassword, NewAppPassword, SubmissionIdentity};
+pub(crate) use commit::SendQueue;
 pub use compose::{AttachmentInput, Compose, RecipientInput};
 pub use drafts::{Draft, ForwardRequest, ReplyRequest};
 pub use queue::{DeliveryFuture, DeliveryResult, OutboundTransport};

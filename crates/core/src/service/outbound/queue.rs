@@ -59,6 +59,15 @@ struct Batch {
 
 /// Most recipient rows claimed at once.
 const CLAIM: i64 = 200;
+/// Most delivery attempts recorded in one transaction.
+const MAX_RESULTS_BATCH: usize = 128;
+
+/// One attempt's results, waiting for the results committer.
+struct Attempted {
+    batch: Batch,
+    results: Vec<(String, DeliveryResult)>,
+    recorded: tokio::sync::oneshot::Sender<Result<()>>,
+}
 
 impl Service {
     /// The per-node delivery worker. Runs until `stop` turns true.
@@ -72,6 +81,10 @@ impl Service {
             self.cfg.outbound.concurrency.max(1),
         ));
         let mut inflight = tokio::task::JoinSet::new();
+        // Results are recorded in batches (group commit): one commit for
+        // every attempt that finished meanwhile, not one per message.
+        let (record, attempts) = tokio::sync::mpsc::channel(1024);
+        let committer = tokio::spawn(self.clone().results_committer(attempts));
         // Expiry is checked once a second, not on every claim of a busy queue.
         let mut next_expiry = tokio::time::Instant::now();
         loop {
@@ -103,9 +116,11 @@ impl Service {
                 };
                 let svc = self.clone();
                 let transport = transport.clone();
+                let record = record.clone();
                 inflight.spawn(async move {
-                    if let Err(e) = svc.deliver_batch(&*transport, &batch).await {
-                        tracing::error!(send_id = %batch.send_id, error = %e, "outbound delivery failed; the lease will expire and it will be retried");
+                    let send_id = batch.send_id.clone();
+                    if let Err(e) = svc.deliver_batch(&*transport, batch, &record).await {
+                        tracing::error!(%send_id, error = %e, "outbound delivery failed; the lease will expire and it will be retried");
                     }
                     drop(permit);
                 });
@@ -124,6 +139,8 @@ impl Service {
         // Deliveries in flight finish (their leases would otherwise expire
         // and they would be sent twice).
         while inflight.join_next().await.is_some() {}
+        drop(record);
+        let _ = committer.await;
     }
 
     async fn claim_outbound(&self, node: &str, n: i64) -> Result<Vec<Batch>> {
@@ -173,7 +190,12 @@ impl Service {
         Ok(groups.into_values().collect())
     }
 
-    async fn deliver_batch(&self, transport: &dyn OutboundTransport, batch: &Batch) -> Result<()> {
+    async fn deliver_batch(
+        &self,
+        transport: &dyn OutboundTransport,
+        batch: Batch,
+        record: &tokio::sync::mpsc::Sender<Attempted>,
+    ) -> Result<()> {
         let (mail_from, blob_hash): (String, String) =
             sqlx::query_as("SELECT mail_from, blob_hash FROM sends WHERE id = $1")
                 .bind(&batch.send_id)
@@ -187,22 +209,77 @@ impl Service {
             .ok_or_else(|| Error::Internal(format!("send blob {blob_hash} is missing")))?;
         let rcpts: Vec<String> = batch.rows.iter().map(|r| r.1.clone()).collect();
         let results = transport.deliver(&mail_from, &rcpts, &raw).await;
-        self.record_results(batch, &results).await
+        let (recorded, answer) = tokio::sync::oneshot::channel();
+        record
+            .send(Attempted {
+                batch,
+                results,
+                recorded,
+            })
+            .await
+            .map_err(|_| Error::Internal("the results committer has stopped".into()))?;
+        answer
+            .await
+            .unwrap_or_else(|_| Err(Error::Internal("the results committer has stopped".into())))
     }
 
-    /// Records one attempt's results in one transaction.
+    /// Records finished attempts, one transaction for all that are
+    /// waiting. If that fails, each is tried alone, so that one bad attempt
+    /// does not hold up the others (a failing one's lease expires and it is
+    /// retried).
+    async fn results_committer(
+        self: Arc<Self>,
+        mut attempts: tokio::sync::mpsc::Receiver<Attempted>,
+    ) {
+        let mut waiting = Vec::with_capacity(MAX_RESULTS_BATCH);
+        while attempts.recv_many(&mut waiting, MAX_RESULTS_BATCH).await > 0 {
+            let batch = std::mem::take(&mut waiting);
+            match self.record_attempts(&batch).await {
+                Ok(()) => {
+                    for a in batch {
+                        let _ = a.recorded.send(Ok(()));
+                    }
+                }
+                Err(e) if batch.len() == 1 => {
+                    if let Some(a) = batch.into_iter().next() {
+                        let _ = a.recorded.send(Err(e));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, batch = batch.len(), "recording delivery results failed; recording one by one");
+                    for a in batch {
+                        let outcome = self.record_attempts(std::slice::from_ref(&a)).await;
+                        let _ = a.recorded.send(outcome);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn record_attempts(&self, batch: &[Attempted]) -> Result<()> {
+        let now = self.now();
+        let mut tx = self.db.begin_write().await?;
+        for a in batch {
+            self.record_results(&mut tx, &a.batch, &a.results, now)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records one attempt's results inside `tx`.
     async fn record_results(
         &self,
+        tx: &mut Tx,
         batch: &Batch,
         results: &[(String, DeliveryResult)],
+        now: i64,
     ) -> Result<()> {
-        let now = self.now();
         let settings = &self.cfg.outbound;
-        let mut tx = self.db.begin_write().await?;
         let agent_row: Option<(String,)> =
             sqlx::query_as("SELECT agent_id FROM sends WHERE id = $1")
                 .bind(&batch.send_id)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut **tx)
                 .await?;
         let Some((agent_id,)) = agent_row else {
             return Ok(());
@@ -226,22 +303,21 @@ impl Service {
                     .bind(&reply)
                     .bind(now)
                     .bind(queue_id)
-                    .execute(&mut *tx)
+                    .execute(&mut **tx)
                     .await?;
                     let event = json!({ "send_id": batch.send_id, "agent_id": agent_id, "recipient": rcpt, "local": false, "reply": reply, "attempts": attempts });
-                    crate::events::emit(&mut tx, now, "message.delivered", Some(&agent_id), &event)
+                    crate::events::emit(tx, now, "message.delivered", Some(&agent_id), &event)
                         .await?;
                 }
                 DeliveryResult::Failed(reply) => {
-                    self.fail_row(&mut tx, queue_id, attempts, &reply, now)
-                        .await?;
+                    self.fail_row(tx, queue_id, attempts, &reply, now).await?;
                     failed.push((rcpt.clone(), reply));
                 }
                 DeliveryResult::Deferred(reply) => {
                     let (give_up,): (i64,) =
                         sqlx::query_as("SELECT give_up_at FROM outbound_queue WHERE id = $1")
                             .bind(queue_id)
-                            .fetch_one(&mut *tx)
+                            .fetch_one(&mut **tx)
                             .await?;
                     let wait = settings
                         .retry_schedule
@@ -253,8 +329,7 @@ impl Service {
                     if next > give_up {
                         let reply =
                             format!("giving up after {attempts} attempts; last reply: {reply}");
-                        self.fail_row(&mut tx, queue_id, attempts, &reply, now)
-                            .await?;
+                        self.fail_row(tx, queue_id, attempts, &reply, now).await?;
                         failed.push((rcpt.clone(), reply));
                     } else {
                         sqlx::query(
@@ -265,17 +340,11 @@ impl Service {
                         .bind(next)
                         .bind(now)
                         .bind(queue_id)
-                        .execute(&mut *tx)
+                        .execute(&mut **tx)
                         .await?;
                         let event = json!({ "send_id": batch.send_id, "agent_id": agent_id, "recipient": rcpt, "reply": reply, "attempts": attempts, "next_attempt_at": crate::clock::to_rfc3339(next) });
-                        crate::events::emit(
-                            &mut tx,
-                            now,
-                            "message.deferred",
-                            Some(&agent_id),
-                            &event,
-                        )
-                        .await?;
+                        crate::events::emit(tx, now, "message.deferred", Some(&agent_id), &event)
+                            .await?;
                     }
                 }
             }
@@ -285,12 +354,10 @@ impl Service {
                 .load_agent(&crate::ids::AgentId(agent_id.clone()))
                 .await?
                 .ok_or_else(|| Error::Internal("the sending agent vanished".into()))?;
-            self.bounce(&mut tx, &batch.send_id, &agent, &failed, now)
+            self.bounce(tx, &batch.send_id, &agent, &failed, now)
                 .await?;
         }
-        self.finish_send(&mut tx, &batch.send_id, now).await?;
-        tx.commit().await?;
-        Ok(())
+        self.finish_send(tx, &batch.send_id, now).await
     }
 
     async fn fail_row(

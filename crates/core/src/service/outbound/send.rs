@@ -2,6 +2,7 @@
 //! counted in the database with the send, two-step confirmation, and the
 //! enqueue that files the sent copy, delivers locally and queues the rest.
 
+use super::commit::PendingSend;
 use super::compose::{self, Compose, DkimKey, ReplyRefs, Validated};
 use crate::audit::NewEntry;
 use crate::error::{Error, Result};
@@ -16,7 +17,7 @@ use serde_json::json;
 use sha2::Digest;
 use sqlx::Row;
 
-const HOUR_MICROS: i64 = 3_600_000_000;
+pub(crate) const HOUR_MICROS: i64 = 3_600_000_000;
 
 /// One recipient of a send and where its delivery stands.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -101,10 +102,77 @@ pub(crate) struct Outgoing {
 }
 
 /// Which cap a send hit.
-struct OverCap {
-    period: &'static str,
-    cap: i64,
-    retry_after_secs: u64,
+pub(crate) struct OverCap {
+    pub period: &'static str,
+    pub cap: i64,
+    pub retry_after_secs: u64,
+}
+
+impl OverCap {
+    /// The `429` the caller gets.
+    pub(crate) fn into_error(self) -> Error {
+        Error::RateLimited {
+            message: format!(
+                "the agent has reached its cap of {} sends per {} (sends_per_{}); try again in {} seconds",
+                self.cap, self.period, self.period, self.retry_after_secs
+            ),
+            retry_after_secs: self.retry_after_secs,
+        }
+    }
+}
+
+/// A recorded send being queued: what `enqueue` needs of its row.
+pub(crate) struct Queued<'a> {
+    pub send_id: &'a str,
+    pub recipients: &'a [String],
+    pub message_id_header: &'a str,
+}
+
+/// Counts one send against the day and hour caps, inside `tx`; a send
+/// over a cap is refused and leaves the counters as they were.
+pub(crate) async fn count_send(
+    tx: &mut Tx,
+    agent_id: &str,
+    policy: &PolicySettings,
+    now: i64,
+) -> Result<Option<OverCap>> {
+    let (day, day_end) = day_key(now);
+    let (hour, hour_end) = hour_key(now);
+    let mut periods = vec![(day, policy.sends_per_day, day_end, "day")];
+    if let Some(cap) = policy.sends_per_hour {
+        periods.push((hour, cap, hour_end, "hour"));
+    }
+    let mut counted: Vec<String> = Vec::with_capacity(periods.len());
+    for (key, cap, end, period) in periods {
+        let (count,): (i64,) = sqlx::query_as(
+            "INSERT INTO send_counters (agent_id, period, count) VALUES ($1, $2, 1) \
+             ON CONFLICT (agent_id, period) DO UPDATE SET count = send_counters.count + 1 RETURNING count",
+        )
+        .bind(agent_id)
+        .bind(&key)
+        .fetch_one(&mut **tx)
+        .await?;
+        counted.push(key);
+        if count > cap {
+            // A refused send is not counted: undo this send's increments
+            // (other sends share the transaction, so no rollback).
+            for key in &counted {
+                sqlx::query(
+                    "UPDATE send_counters SET count = count - 1 WHERE agent_id = $1 AND period = $2",
+                )
+                .bind(agent_id)
+                .bind(key)
+                .execute(&mut **tx)
+                .await?;
+            }
+            return Ok(Some(OverCap {
+                period,
+                cap,
+                retry_after_secs: ((end - now).max(0) as u64).div_ceil(1_000_000),
+            }));
+        }
+    }
+    Ok(None)
 }
 
 fn day_key(now: i64) -> (String, i64) {
@@ -383,42 +451,9 @@ impl Service {
         })
     }
 
-    /// Counts one send against the day and hour caps, inside `tx`.
-    async fn count_send(
-        &self,
-        tx: &mut Tx,
-        agent_id: &str,
-        policy: &PolicySettings,
-        now: i64,
-    ) -> Result<Option<OverCap>> {
-        let (day, day_end) = day_key(now);
-        let (hour, hour_end) = hour_key(now);
-        let mut periods = vec![(day, policy.sends_per_day, day_end, "day")];
-        if let Some(cap) = policy.sends_per_hour {
-            periods.push((hour, cap, hour_end, "hour"));
-        }
-        for (key, cap, end, period) in periods {
-            let (count,): (i64,) = sqlx::query_as(
-                "INSERT INTO send_counters (agent_id, period, count) VALUES ($1, $2, 1) \
-                 ON CONFLICT (agent_id, period) DO UPDATE SET count = send_counters.count + 1 RETURNING count",
-            )
-            .bind(agent_id)
-            .bind(&key)
-            .fetch_one(&mut **tx)
-            .await?;
-            if count > cap {
-                return Ok(Some(OverCap {
-                    period,
-                    cap,
-                    retry_after_secs: ((end - now).max(0) as u64).div_ceil(1_000_000),
-                }));
-            }
-        }
-        Ok(None)
-    }
-
     /// Records a send: counts it (refusing over the cap), then holds it for
-    /// confirmation or queues it, all in one transaction.
+    /// confirmation or queues it, all in one transaction shared with the
+    /// other sends waiting at that moment (group commit, `commit.rs`).
     pub(crate) async fn record_send(
         &self,
         ctx: &Ctx,
@@ -427,7 +462,7 @@ impl Service {
         out: Outgoing,
     ) -> Result<SendInfo> {
         let hold = self.needs_confirmation(policy, &out.recipients).await?;
-        let sha = sha256_hex(&out.raw);
+        let sha256 = sha256_hex(&out.raw);
         // A large blob is stored before the transaction, outside the write
         // lock (an aborted send leaves an orphan the collector removes); a
         // small one joins the transaction instead, saving a commit per send.
@@ -442,142 +477,22 @@ impl Service {
             Some(parse_off_thread(out.raw.clone()).await?)
         };
         let send_id = uuid::Uuid::now_v7().to_string();
-        let now = self.now();
-        let mut tx = self.db.begin_write().await?;
-        if let Some(over) = self
-            .count_send(&mut tx, agent.id.as_str(), policy, now)
-            .await?
-        {
-            tx.rollback().await?;
-            return Err(self.refuse_over_cap(ctx, agent, over).await);
-        }
-        // The collector may have removed the file a moment ago, before this
-        // send referenced it; it deletes under this same lock, so checking
-        // here is enough.
-        let blob_hash = match early_blob {
-            Some(h) if self.db.blobs.exists(&mut tx, &h).await? => h,
-            _ => self.db.blobs.put(&mut tx, &out.raw).await?,
-        };
-        if let Some((draft_id, version)) = &out.draft {
-            let current: Option<(i64,)> =
-                sqlx::query_as("SELECT version FROM drafts WHERE id = $1 AND agent_id = $2")
-                    .bind(draft_id)
-                    .bind(agent.id.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if current.map(|c| c.0) != Some(*version) {
-                return Err(Error::conflict(
-                    "draft-changed",
-                    "the draft changed while it was being sent; send it again",
-                ));
-            }
-        }
-        let expires_at = hold.then(|| now + policy.confirmation_expiry_hours * HOUR_MICROS);
-        sqlx::query(
-            "INSERT INTO sends (id, agent_id, draft_id, status, blob_hash, sha256, size_bytes, mail_from, recipients, \
-             message_id_header, subject, via, created_at, expires_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)",
-        )
-        .bind(&send_id)
-        .bind(agent.id.as_str())
-        .bind(out.draft.as_ref().map(|d| d.0.clone()))
-        .bind(if hold { "pending_confirmation" } else { "queued" })
-        .bind(&blob_hash)
-        .bind(&sha)
-        .bind(out.raw.len() as i64)
-        .bind(&out.mail_from)
-        .bind(json!(out.recipients).to_string())
-        .bind(&out.message_id_header)
-        .bind(out.subject.clone())
-        .bind(out.via)
-        .bind(now)
-        .bind(expires_at)
-        .execute(&mut *tx)
+        self.commit_send_grouped(PendingSend {
+            ctx: ctx.clone(),
+            agent: agent.clone(),
+            policy: policy.clone(),
+            out,
+            send_id: send_id.clone(),
+            hold,
+            sha256,
+            early_blob,
+            parsed,
+        })
         .await?;
-        let details = json!({
-            "send_id": send_id,
-            "recipients": out.recipients,
-            "sha256": sha,
-            "size_bytes": out.raw.len(),
-            "message_id_header": out.message_id_header,
-            "via": out.via,
-        });
-        if hold {
-            let entry = self.entry(
-                ctx,
-                "message.send",
-                Some("send"),
-                Some(send_id.clone()),
-                Some(agent.id.0.clone()),
-                "pending",
-                details.clone(),
-            );
-            let mut event = details;
-            event["agent_id"] = json!(agent.id.0);
-            event["subject"] = json!(out.subject);
-            event["expires_at"] = json!(expires_at.map(crate::clock::to_rfc3339));
-            self.record(&mut tx, &entry, Some(("send.pending_confirmation", event)))
-                .await?;
-        } else {
-            let entry = self.entry(
-                ctx,
-                "message.send",
-                Some("send"),
-                Some(send_id.clone()),
-                Some(agent.id.0.clone()),
-                "success",
-                details,
-            );
-            self.record(&mut tx, &entry, None).await?;
-            if let Some((draft_id, _)) = &out.draft {
-                sqlx::query("DELETE FROM drafts WHERE id = $1")
-                    .bind(draft_id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            let parsed = parsed.unwrap_or_default();
-            self.enqueue(&mut tx, &send_id, agent, &out.raw, &blob_hash, &parsed, now)
-                .await?;
+        if !hold {
+            self.outbound_wake.notify_waiters();
         }
-        tx.commit().await?;
-        self.outbound_wake.notify_waiters();
         self.send_info(&send_id).await
-    }
-
-    /// Audits and reports a send over its cap, and builds the 429.
-    async fn refuse_over_cap(&self, ctx: &Ctx, agent: &Agent, over: OverCap) -> Error {
-        let details = json!({
-            "agent_id": agent.id.0,
-            "address": agent.address,
-            "limit": format!("sends_per_{}", over.period),
-            "cap": over.cap,
-            "retry_after_secs": over.retry_after_secs,
-        });
-        let entry = self.entry(
-            ctx,
-            "message.send",
-            Some("agent"),
-            Some(agent.id.0.clone()),
-            Some(agent.id.0.clone()),
-            "denied",
-            details.clone(),
-        );
-        let recorded = async {
-            let mut tx = self.db.begin_write().await?;
-            self.record(&mut tx, &entry, Some(("quota.exceeded", details)))
-                .await?;
-            tx.commit().await?;
-            Ok::<_, Error>(())
-        };
-        if let Err(e) = recorded.await {
-            tracing::error!(error = %e, "could not record quota.exceeded");
-        }
-        Error::RateLimited {
-            message: format!(
-                "the agent has reached its cap of {} sends per {} (sends_per_{}); try again in {} seconds",
-                over.cap, over.period, over.period, over.retry_after_secs
-            ),
-            retry_after_secs: over.retry_after_secs,
-        }
     }
 
     /// Queues a send inside `tx`: files the sent copy, delivers to agents
@@ -587,19 +502,18 @@ impl Service {
     pub(crate) async fn enqueue(
         &self,
         tx: &mut Tx,
-        send_id: &str,
+        queued: &Queued<'_>,
         agent: &Agent,
         raw: &[u8],
         blob_hash: &str,
         parsed: &Parsed,
         now: i64,
     ) -> Result<()> {
-        let (recipients_json, message_id_header): (String, String) =
-            sqlx::query_as("SELECT recipients, message_id_header FROM sends WHERE id = $1")
-                .bind(send_id)
-                .fetch_one(&mut **tx)
-                .await?;
-        let recipients: Vec<String> = serde_json::from_str(&recipients_json).unwrap_or_default();
+        let Queued {
+            send_id,
+            recipients,
+            message_id_header,
+        } = *queued;
         let size = raw.len() as i64;
         // The copy in sent: the very bytes that go out.
         let message_id = uuid::Uuid::now_v7().to_string();
@@ -608,7 +522,7 @@ impl Service {
             client_ip: None,
             helo: None,
             mail_from: &agent.address,
-            rcpt_to: &recipients,
+            rcpt_to: recipients,
             tls: false,
             auth_results: None,
         };
@@ -648,14 +562,14 @@ impl Service {
         let give_up = now + self.cfg.outbound.give_up_after.as_micros() as i64;
         let mut failed: Vec<(String, String)> = vec![];
         let mut remote = 0;
-        for r in &recipients {
+        for r in recipients {
             let domain = r
                 .rsplit_once('@')
                 .map(|(_, d)| d.to_string())
                 .unwrap_or_default();
             let (status, reply) = if local.contains(&domain) {
                 match self
-                    .deliver_local(tx, send_id, agent, r, raw, &message_id_header, now)
+                    .deliver_local(tx, send_id, agent, r, raw, message_id_header, now)
                     .await?
                 {
                     Ok(reply) => ("delivered", reply),
@@ -1104,7 +1018,17 @@ impl Service {
         let event = json!({ "send_id": send_id, "agent_id": agent.id.0, "sha256": info.sha256, "decided_by": Self::decided_by(ctx) });
         self.record(&mut tx, &entry, Some(("send.confirmed", event)))
             .await?;
-        self.enqueue(&mut tx, send_id, &agent, &raw, &blob_hash, &parsed, now)
+        let recipients: Vec<String> = info
+            .recipients
+            .iter()
+            .map(|r| r.recipient.clone())
+            .collect();
+        let queued = Queued {
+            send_id,
+            recipients: &recipients,
+            message_id_header: &info.message_id_header,
+        };
+        self.enqueue(&mut tx, &queued, &agent, &raw, &blob_hash, &parsed, now)
             .await?;
         tx.commit().await?;
         self.outbound_wake.notify_waiters();
