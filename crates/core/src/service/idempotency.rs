@@ -62,7 +62,7 @@ impl Service {
         validate_key(key)?;
         let principal = principal_key(ctx)?;
         let now = self.now();
-        let mut tx = self.db.pool.begin().await?;
+        let mut tx = self.db.begin_gated().await?;
         let row = sqlx::query("SELECT fingerprint, status, sealed_response, created_at FROM idempotency_keys WHERE principal = $1 AND key = $2")
             .bind(&principal)
             .bind(key)

@@ -1202,12 +1202,14 @@ impl Service {
              AND (lease_until IS NULL OR lease_until < $3) ORDER BY next_attempt_at LIMIT {n}{lock}) \
              RETURNING id, endpoint_id, event_id, payload, webhook_id, attempts"
         );
+        let gate = self.db.write_gate().await;
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(lease)
             .bind(node)
             .bind(now)
             .fetch_all(&self.db.pool)
             .await?;
+        drop(gate);
         rows.iter()
             .map(|r| {
                 Ok(Job {
@@ -1336,7 +1338,7 @@ impl Service {
             let wait = settings.retry_schedule[(attempt_no - 1) as usize];
             ("pending", Some(done_at + wait.as_micros() as i64))
         };
-        let mut tx = self.db.pool.begin().await?;
+        let mut tx = self.db.begin_gated().await?;
         sqlx::query(
             "INSERT INTO webhook_attempts (id, delivery_id, attempt, at, status_code, latency_ms, error, node) \
              VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",

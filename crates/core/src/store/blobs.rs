@@ -13,7 +13,6 @@
 
 use crate::error::{Error, Result};
 use sha2::{Digest, Sha256};
-use sqlx::Any;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -62,11 +61,7 @@ impl BlobStore {
 
     /// Stores the bytes durably and returns their hash: a row that commits
     /// with the caller's transaction, or an fsynced file.
-    pub async fn put(
-        &self,
-        tx: &mut sqlx::Transaction<'static, Any>,
-        bytes: &[u8],
-    ) -> Result<String> {
+    pub async fn put(&self, conn: &mut sqlx::AnyConnection, bytes: &[u8]) -> Result<String> {
         let hash = blob_hash(bytes);
         match self.file_root(bytes.len()) {
             Some(root) => write_file(root, &hash, bytes).await?,
@@ -76,7 +71,7 @@ impl BlobStore {
                 )
                 .bind(&hash)
                 .bind(bytes.to_vec())
-                .execute(&mut **tx)
+                .execute(&mut *conn)
                 .await?;
             }
         }
@@ -120,14 +115,10 @@ impl BlobStore {
 
     /// Whether the blob is present (checked again under the write lock, in
     /// case the collector removed an identical, then unreferenced, blob).
-    pub async fn exists(
-        &self,
-        tx: &mut sqlx::Transaction<'static, Any>,
-        hash: &str,
-    ) -> Result<bool> {
+    pub async fn exists(&self, conn: &mut sqlx::AnyConnection, hash: &str) -> Result<bool> {
         let row: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM blobs WHERE hash = $1")
             .bind(hash)
-            .fetch_optional(&mut **tx)
+            .fetch_optional(&mut *conn)
             .await?;
         if row.is_some() {
             return Ok(true);
@@ -141,10 +132,10 @@ impl BlobStore {
     /// Removes a blob; call under the write lock after checking nothing
     /// references it. A file is removed at once (a crash then leaves no
     /// dangling reference, only a missing orphan).
-    pub async fn delete(&self, tx: &mut sqlx::Transaction<'static, Any>, hash: &str) -> Result<()> {
+    pub async fn delete(&self, conn: &mut sqlx::AnyConnection, hash: &str) -> Result<()> {
         sqlx::query("DELETE FROM blobs WHERE hash = $1")
             .bind(hash)
-            .execute(&mut **tx)
+            .execute(&mut *conn)
             .await?;
         if let Some(root) = &self.files {
             match tokio::fs::remove_file(Self::path_for(root, hash)).await {

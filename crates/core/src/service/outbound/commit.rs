@@ -25,6 +25,62 @@ const MAX_BATCH: usize = 128;
 /// Sends waiting for the committer before callers wait for room.
 const QUEUE_DEPTH: usize = 1024;
 
+/// What a group commit gathers as it goes, written at its end: audit
+/// entries and events, in order, with a few multi-row statements
+/// (`audit::append_many`, `events::emit_many`) instead of three statements
+/// each; and the reads every item would repeat (the next full-text key,
+/// the organisation's domains), done once.
+#[derive(Default)]
+pub(crate) struct Batch {
+    audit: Vec<NewEntry>,
+    events: Vec<(&'static str, Option<String>, serde_json::Value)>,
+    last_seq: Option<i64>,
+    local_domains: Option<Vec<String>>,
+}
+
+impl Batch {
+    /// An audit entry and, when given, its event (for the entry's agent).
+    pub fn record(&mut self, entry: NewEntry, event: Option<(&'static str, serde_json::Value)>) {
+        if let Some((kind, data)) = event {
+            self.events.push((kind, entry.agent_id.clone(), data));
+        }
+        self.audit.push(entry);
+    }
+
+    pub fn event(&mut self, kind: &'static str, agent_id: &str, data: serde_json::Value) {
+        self.events.push((kind, Some(agent_id.to_string()), data));
+    }
+
+    /// The full-text key of the next message filed in this transaction
+    /// (every message of the transaction must take its key here).
+    pub async fn next_seq(&mut self, tx: &mut Tx) -> Result<i64> {
+        let seq = match self.last_seq {
+            Some(last) => last + 1,
+            None => crate::service::mailbox::ingest::next_seq(tx).await?,
+        };
+        self.last_seq = Some(seq);
+        Ok(seq)
+    }
+
+    pub async fn local_domains(&mut self, svc: &Service, tx: &mut Tx) -> Result<&[String]> {
+        if self.local_domains.is_none() {
+            self.local_domains = Some(svc.local_domains(&mut **tx).await?);
+        }
+        Ok(self.local_domains.as_deref().unwrap_or_default())
+    }
+
+    /// Writes what was gathered; call once, just before the commit.
+    pub async fn flush(self, tx: &mut Tx, at: i64) -> Result<()> {
+        crate::audit::append_many(tx, at, &self.audit).await?;
+        let events: Vec<(&str, Option<&str>, &serde_json::Value)> = self
+            .events
+            .iter()
+            .map(|(kind, agent, data)| (*kind, agent.as_deref(), data))
+            .collect();
+        crate::events::emit_many(tx, at, &events).await
+    }
+}
+
 /// A send checked, built and signed, waiting to be recorded.
 pub(crate) struct PendingSend {
     pub ctx: Ctx,
@@ -98,28 +154,35 @@ impl Service {
     async fn commit_sends(&self, batch: &[PendingSend]) -> Result<Vec<Result<()>>> {
         let now = self.now();
         let mut tx = self.db.begin_write().await?;
+        let mut b = Batch::default();
         let mut results = Vec::with_capacity(batch.len());
         for send in batch {
-            results.push(match self.commit_send(&mut tx, send, now).await {
+            results.push(match self.commit_send(&mut tx, &mut b, send, now).await {
                 Ok(()) => Ok(()),
                 Err(Refusal::Refused(e)) => Err(e),
                 Err(Refusal::OverCap(over)) => {
                     // The refusal is recorded in the same commit.
                     let (entry, details) = over_cap_record(send, &over);
-                    self.record(&mut tx, &entry, Some(("quota.exceeded", details)))
-                        .await?;
+                    b.record(entry, Some(("quota.exceeded", details)));
                     Err(over.into_error())
                 }
                 Err(Refusal::Failed(e)) => return Err(e),
             });
         }
+        b.flush(&mut tx, now).await?;
         tx.commit().await?;
         Ok(results)
     }
 
     /// One send inside the batch: checks its draft, counts it (refusing
     /// over the cap), then holds it for confirmation or queues it.
-    async fn commit_send(&self, tx: &mut Tx, s: &PendingSend, now: i64) -> Result<(), Refusal> {
+    async fn commit_send(
+        &self,
+        tx: &mut Tx,
+        b: &mut Batch,
+        s: &PendingSend,
+        now: i64,
+    ) -> Result<(), Refusal> {
         let agent = &s.agent;
         let out = &s.out;
         if let Some((draft_id, version)) = &out.draft {
@@ -193,11 +256,10 @@ impl Service {
             event["agent_id"] = json!(agent.id.0);
             event["subject"] = json!(out.subject);
             event["expires_at"] = json!(expires_at.map(crate::clock::to_rfc3339));
-            self.record(tx, &entry, Some(("send.pending_confirmation", event)))
-                .await?;
+            b.record(entry, Some(("send.pending_confirmation", event)));
             return Ok(());
         }
-        self.record(tx, &entry, None).await?;
+        b.record(entry, None);
         if let Some((draft_id, _)) = &out.draft {
             sqlx::query("DELETE FROM drafts WHERE id = $1")
                 .bind(draft_id)
@@ -211,7 +273,7 @@ impl Service {
             recipients: &out.recipients,
             message_id_header: &out.message_id_header,
         };
-        self.enqueue(tx, &queued, agent, &out.raw, &blob_hash, parsed, now)
+        self.enqueue(tx, b, &queued, agent, &out.raw, &blob_hash, parsed, now)
             .await?;
         Ok(())
     }

@@ -7,8 +7,9 @@
 //! Bounces are only ever filed locally, never mailed out, so a bounce can
 //! never answer a bounce.
 
+use super::commit::Batch;
 use crate::error::{Error, Result};
-use crate::service::mailbox::ingest::{Envelope, insert_message, next_seq};
+use crate::service::mailbox::ingest::{Envelope, insert_message};
 use crate::service::mailbox::parse;
 use crate::service::{Ctx, Service};
 use crate::store::{Dialect, Tx};
@@ -52,7 +53,7 @@ pub type DeliveryFuture<'a> =
     Pin<Box<dyn Future<Output = Vec<(String, DeliveryResult)>> + Send + 'a>>;
 
 /// Claimed recipients of one send on one domain.
-struct Batch {
+struct Claimed {
     send_id: String,
     rows: Vec<(String, String, i64)>, // (queue id, recipient, attempts)
 }
@@ -64,7 +65,7 @@ const MAX_RESULTS_BATCH: usize = 128;
 
 /// One attempt's results, waiting for the results committer.
 struct Attempted {
-    batch: Batch,
+    batch: Claimed,
     results: Vec<(String, DeliveryResult)>,
     recorded: tokio::sync::oneshot::Sender<Result<()>>,
 }
@@ -143,7 +144,7 @@ impl Service {
         let _ = committer.await;
     }
 
-    async fn claim_outbound(&self, node: &str, n: i64) -> Result<Vec<Batch>> {
+    async fn claim_outbound(&self, node: &str, n: i64) -> Result<Vec<Claimed>> {
         let now = self.now();
         let lease = now + self.cfg.outbound.lease.as_micros() as i64;
         if !self
@@ -164,19 +165,21 @@ impl Service {
              AND (lease_until IS NULL OR lease_until < $3) ORDER BY next_attempt_at LIMIT {n}{lock}) \
              RETURNING id, send_id, recipient, domain, attempts"
         );
+        let gate = self.db.write_gate().await;
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(lease)
             .bind(node)
             .bind(now)
             .fetch_all(&self.db.pool)
             .await?;
-        let mut groups: BTreeMap<(String, String), Batch> = BTreeMap::new();
+        drop(gate);
+        let mut groups: BTreeMap<(String, String), Claimed> = BTreeMap::new();
         for r in rows {
             let send_id: String = r.try_get("send_id")?;
             let domain: String = r.try_get("domain")?;
             groups
                 .entry((send_id.clone(), domain))
-                .or_insert_with(|| Batch {
+                .or_insert_with(|| Claimed {
                     send_id,
                     rows: vec![],
                 })
@@ -193,7 +196,7 @@ impl Service {
     async fn deliver_batch(
         &self,
         transport: &dyn OutboundTransport,
-        batch: Batch,
+        batch: Claimed,
         record: &tokio::sync::mpsc::Sender<Attempted>,
     ) -> Result<()> {
         let (mail_from, blob_hash): (String, String) =
@@ -259,10 +262,12 @@ impl Service {
     async fn record_attempts(&self, batch: &[Attempted]) -> Result<()> {
         let now = self.now();
         let mut tx = self.db.begin_write().await?;
+        let mut b = Batch::default();
         for a in batch {
-            self.record_results(&mut tx, &a.batch, &a.results, now)
+            self.record_results(&mut tx, &mut b, &a.batch, &a.results, now)
                 .await?;
         }
+        b.flush(&mut tx, now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -271,7 +276,8 @@ impl Service {
     async fn record_results(
         &self,
         tx: &mut Tx,
-        batch: &Batch,
+        b: &mut Batch,
+        batch: &Claimed,
         results: &[(String, DeliveryResult)],
         now: i64,
     ) -> Result<()> {
@@ -306,8 +312,7 @@ impl Service {
                     .execute(&mut **tx)
                     .await?;
                     let event = json!({ "send_id": batch.send_id, "agent_id": agent_id, "recipient": rcpt, "local": false, "reply": reply, "attempts": attempts });
-                    crate::events::emit(tx, now, "message.delivered", Some(&agent_id), &event)
-                        .await?;
+                    b.event("message.delivered", &agent_id, event);
                 }
                 DeliveryResult::Failed(reply) => {
                     self.fail_row(tx, queue_id, attempts, &reply, now).await?;
@@ -354,7 +359,7 @@ impl Service {
                 .load_agent(&crate::ids::AgentId(agent_id.clone()))
                 .await?
                 .ok_or_else(|| Error::Internal("the sending agent vanished".into()))?;
-            self.bounce(tx, &batch.send_id, &agent, &failed, now)
+            self.bounce(tx, b, &batch.send_id, &agent, &failed, None, now)
                 .await?;
         }
         self.finish_send(tx, &batch.send_id, now).await
@@ -383,12 +388,18 @@ impl Service {
     /// Files a delivery status notification (RFC 3464) for `failed`
     /// recipients in the sending agent's inbox, threaded under the sent
     /// message, with a `message.bounced` event and an audit entry.
+    ///
+    /// `original` is the sent message when the caller has it (a send
+    /// queued in this very transaction is not yet readable from the pool).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn bounce(
         &self,
         tx: &mut Tx,
+        b: &mut Batch,
         send_id: &str,
         agent: &crate::service::Agent,
         failed: &[(String, String)],
+        original: Option<&[u8]>,
         now: i64,
     ) -> Result<()> {
         let (blob_hash, message_id_header, subject): (String, String, Option<String>) =
@@ -396,25 +407,32 @@ impl Service {
                 .bind(send_id)
                 .fetch_one(&mut **tx)
                 .await?;
-        let original = self
-            .db
-            .blobs
-            .get(&self.db.pool, &blob_hash)
-            .await?
-            .unwrap_or_default();
+        let stored;
+        let original = match original {
+            Some(raw) => raw,
+            None => {
+                stored = self
+                    .db
+                    .blobs
+                    .get(&self.db.pool, &blob_hash)
+                    .await?
+                    .unwrap_or_default();
+                &stored
+            }
+        };
         let dsn = build_dsn(
             &self.cfg.hostname,
             &agent.address,
             &message_id_header,
             subject.as_deref(),
-            &original,
+            original,
             failed,
             now,
         )?;
         let dsn_hash = self.db.blobs.put(tx, &dsn).await?;
         let parsed = parse::parse(&dsn);
         let message_id = uuid::Uuid::now_v7().to_string();
-        let seq = next_seq(tx).await?;
+        let seq = b.next_seq(tx).await?;
         let rcpt = vec![agent.address.clone()];
         let envelope = Envelope {
             client_ip: None,
@@ -473,8 +491,8 @@ impl Service {
             "thread_id": thread_id,
             "original_message_id_header": message_id_header,
         });
-        self.record(tx, &entry, Some(("message.bounced", event)))
-            .await
+        b.record(entry, Some(("message.bounced", event)));
+        Ok(())
     }
 }
 

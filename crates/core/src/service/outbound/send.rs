@@ -2,11 +2,11 @@
 //! counted in the database with the send, two-step confirmation, and the
 //! enqueue that files the sent copy, delivers locally and queues the rest.
 
-use super::commit::PendingSend;
+use super::commit::{Batch, PendingSend};
 use super::compose::{self, Compose, DkimKey, ReplyRefs, Validated};
 use crate::audit::NewEntry;
 use crate::error::{Error, Result};
-use crate::service::mailbox::ingest::{Envelope, insert_message, next_seq};
+use crate::service::mailbox::ingest::{Envelope, insert_message};
 use crate::service::mailbox::parse::{self, Parsed};
 use crate::service::policies::{Confirmation, PolicySettings, effective_policy};
 use crate::service::{Agent, AgentStatus, Ctx, Page, PrincipalKind, Service, page_limit, paginate};
@@ -502,6 +502,7 @@ impl Service {
     pub(crate) async fn enqueue(
         &self,
         tx: &mut Tx,
+        b: &mut Batch,
         queued: &Queued<'_>,
         agent: &Agent,
         raw: &[u8],
@@ -517,7 +518,7 @@ impl Service {
         let size = raw.len() as i64;
         // The copy in sent: the very bytes that go out.
         let message_id = uuid::Uuid::now_v7().to_string();
-        let seq = next_seq(tx).await?;
+        let seq = b.next_seq(tx).await?;
         let envelope = Envelope {
             client_ip: None,
             helo: None,
@@ -558,7 +559,7 @@ impl Service {
             .execute(&mut **tx)
             .await?;
 
-        let local = self.local_domains(&mut **tx).await?;
+        let local = b.local_domains(self, tx).await?.to_vec();
         let give_up = now + self.cfg.outbound.give_up_after.as_micros() as i64;
         let mut failed: Vec<(String, String)> = vec![];
         let mut remote = 0;
@@ -569,7 +570,7 @@ impl Service {
                 .unwrap_or_default();
             let (status, reply) = if local.contains(&domain) {
                 match self
-                    .deliver_local(tx, send_id, agent, r, raw, message_id_header, now)
+                    .deliver_local(tx, b, send_id, agent, r, raw, message_id_header, now)
                     .await?
                 {
                     Ok(reply) => ("delivered", reply),
@@ -607,9 +608,10 @@ impl Service {
             "recipients": recipients,
             "subject": parsed.subject,
         });
-        crate::events::emit(tx, now, "message.sent", Some(agent.id.as_str()), &event).await?;
+        b.event("message.sent", agent.id.as_str(), event);
         if !failed.is_empty() {
-            self.bounce(tx, send_id, agent, &failed, now).await?;
+            self.bounce(tx, b, send_id, agent, &failed, Some(raw), now)
+                .await?;
         }
         if remote == 0 {
             self.finish_send(tx, send_id, now).await?;
@@ -624,6 +626,7 @@ impl Service {
     async fn deliver_local(
         &self,
         tx: &mut Tx,
+        b: &mut Batch,
         send_id: &str,
         sender: &Agent,
         rcpt: &str,
@@ -668,7 +671,7 @@ impl Service {
         let blob_hash = self.db.blobs.put(tx, &bytes).await?;
         let parsed = parse::parse(&bytes);
         let message_id = uuid::Uuid::now_v7().to_string();
-        let seq = next_seq(tx).await?;
+        let seq = b.next_seq(tx).await?;
         let rcpt_list = vec![rcpt.to_string()];
         let envelope = Envelope {
             client_ip: None,
@@ -737,8 +740,7 @@ impl Service {
             size,
         );
         event["verified_sender"] = json!({ "agent_id": sender.id.0, "address": sender.address });
-        self.record(tx, &entry, Some(("message.received", event)))
-            .await?;
+        b.record(entry, Some(("message.received", event)));
         let delivered = json!({
             "send_id": send_id,
             "agent_id": sender.id.0,
@@ -746,14 +748,7 @@ impl Service {
             "local": true,
             "reply": "250 2.0.0 delivered locally",
         });
-        crate::events::emit(
-            tx,
-            now,
-            "message.delivered",
-            Some(sender.id.as_str()),
-            &delivered,
-        )
-        .await?;
+        b.event("message.delivered", sender.id.as_str(), delivered);
         Ok(Ok("250 2.0.0 delivered locally".into()))
     }
 
@@ -1028,8 +1023,12 @@ impl Service {
             recipients: &recipients,
             message_id_header: &info.message_id_header,
         };
-        self.enqueue(&mut tx, &queued, &agent, &raw, &blob_hash, &parsed, now)
-            .await?;
+        let mut b = Batch::default();
+        self.enqueue(
+            &mut tx, &mut b, &queued, &agent, &raw, &blob_hash, &parsed, now,
+        )
+        .await?;
+        b.flush(&mut tx, now).await?;
         tx.commit().await?;
         self.outbound_wake.notify_waiters();
         self.send_info(send_id).await
