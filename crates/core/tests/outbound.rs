@@ -465,6 +465,106 @@ async fn local_delivery_names_the_sender(pg: bool) {
     );
 }
 
+/// Concurrent sends to the outside world are committed in shared
+/// transactions (the group commit writes their sent copies, send rows and
+/// queue rows together): the cap still refuses exactly the sends over it,
+/// each accepted send has its own read copy in `sent` holding the bytes
+/// that go out, its queue rows and its `message.sent` event; a draft sent
+/// twice at once goes out once; the audit chain stays intact.
+async fn remote_sends_committed_together(pg: bool) {
+    let clock = ManualClock::new(1_795_888_800_000_000);
+    let (svc, _guard) = open(pg, clock).await;
+    let admin = Ctx::system("test");
+    let policy = svc
+        .create_policy(
+            &admin,
+            json!({ "name": "twenty-five", "sends_per_day": 25 }),
+        )
+        .await
+        .expect("policy");
+    let (id, ctx) = agent(&svc, "batcher", Some(&policy.id)).await;
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..30 {
+        let (svc, ctx, id) = (svc.clone(), ctx.clone(), id.clone());
+        calls.spawn(async move {
+            svc.send_message(
+                &ctx,
+                &id,
+                to(&format!("r{i}@remote.example"), &format!("s{i}")),
+            )
+            .await
+        });
+    }
+    let mut accepted = vec![];
+    let mut refused = 0;
+    while let Some(r) = calls.join_next().await {
+        match r.expect("task") {
+            Ok(info) => accepted.push(info),
+            Err(Error::RateLimited { .. }) => refused += 1,
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert_eq!((accepted.len(), refused), (25, 5));
+    assert_eq!(events(&svc, "quota.exceeded").await.len(), 5);
+    let usage = svc.usage(&ctx, &id).await.expect("usage");
+    assert_eq!(usage.sent_today, 25);
+    let sent_events = events(&svc, "message.sent").await;
+    assert_eq!(sent_events.len(), 25);
+    let sent = svc
+        .list_messages(
+            &ctx,
+            &id,
+            MessageQuery {
+                folder: Some("sent".into()),
+                limit: Some(100),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("sent folder");
+    assert_eq!(sent.data.len(), 25);
+    for info in &accepted {
+        assert_eq!(info.status, "queued", "{info:?}");
+        assert_eq!(info.recipients.len(), 1);
+        assert_eq!(info.recipients[0].status, "queued");
+        assert!(!info.recipients[0].local);
+        let event = sent_events
+            .iter()
+            .find(|e| e["send_id"] == json!(info.send_id))
+            .expect("a message.sent event per send");
+        let copy = sent
+            .data
+            .iter()
+            .find(|m| json!(m.id) == event["message_id"])
+            .expect("the event names the sent copy");
+        assert_eq!(json!(copy.thread_id), event["thread_id"]);
+        assert!(!copy.unread, "a sent copy is read");
+        let raw = svc
+            .get_raw_message(&Ctx::system("test"), &id, &copy.id)
+            .await
+            .expect("raw");
+        assert_eq!(hex_sha256(&raw.bytes), info.sha256);
+    }
+    // A draft sent twice at once goes out once.
+    let (other, octx) = agent(&svc, "drafter", None).await;
+    let draft = svc
+        .create_draft(&octx, &other, to("someone@remote.example", "draft"))
+        .await
+        .expect("draft");
+    let (a, b) = tokio::join!(
+        svc.send_draft(&octx, &other, &draft.id),
+        svc.send_draft(&octx, &other, &draft.id)
+    );
+    assert_eq!(
+        [a.is_ok(), b.is_ok()].iter().filter(|ok| **ok).count(),
+        1,
+        "{a:?} {b:?}"
+    );
+    assert!(svc.get_draft(&octx, &other, &draft.id).await.is_err());
+    let report = svc.verify_audit(&admin).await.expect("verify");
+    assert!(report.problem.is_none(), "{report:?}");
+}
+
 fn hex_sha256(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
@@ -488,3 +588,4 @@ macro_rules! both {
 both!(caps_and_policies);
 both!(confirmation_is_two_step);
 both!(local_delivery_names_the_sender);
+both!(remote_sends_committed_together);

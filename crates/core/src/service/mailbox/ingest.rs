@@ -89,6 +89,27 @@ struct Prepared {
     /// one committer task does not redo them per batch read and filing.
     rcpt_keys: Vec<Option<String>>,
     participants: Vec<String>,
+    filing: Filing,
+}
+
+/// What a filed message is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Filing {
+    /// Mail from outside, for every recipient agent: inbox (or spam),
+    /// unread, within quota, audited as received, with an event.
+    Inbound,
+    /// The copy of a send in its own agent's `sent` folder, read, never
+    /// refused for quota; the send commit audits and reports it.
+    SentCopy,
+}
+
+/// A send's copy for its agent's `sent` folder (see `file_sent_copies`).
+pub(crate) struct SentCopy {
+    pub agent_address: String,
+    pub recipients: Vec<String>,
+    pub raw: Vec<u8>,
+    pub blob_hash: String,
+    pub parsed: Parsed,
 }
 
 struct Job {
@@ -167,6 +188,7 @@ impl Ingest {
                 blob_hash,
                 rcpt_keys,
                 participants,
+                filing: Filing::Inbound,
             },
             reply,
         };
@@ -296,6 +318,74 @@ impl Service {
         st.flush(&mut tx, now).await?;
         tx.commit().await?;
         Ok(results)
+    }
+
+    /// Files the copies of a batch of sends in their agents' `sent`
+    /// folders with the same few multi-row writes as inbound mail (threads,
+    /// blobs, messages, search rows, entries, usage), inside the send group
+    /// commit's transaction. `last_seq` is the last full-text key this
+    /// transaction handed out, if any. Returns (message id, thread id) per
+    /// copy, in order, and the last key used.
+    pub(crate) async fn file_sent_copies(
+        &self,
+        tx: &mut Tx,
+        copies: Vec<SentCopy>,
+        last_seq: Option<i64>,
+        now: i64,
+    ) -> Result<(Vec<(String, String)>, i64)> {
+        let seq = match last_seq {
+            Some(seq) => seq,
+            None => next_seq(tx).await? - 1,
+        };
+        let prepared: Vec<Prepared> = copies
+            .into_iter()
+            .map(|c| {
+                let key = AgentAddress::parse(&c.agent_address, "from")
+                    .ok()
+                    .map(|a| a.key());
+                let participants = c.parsed.participants();
+                Prepared {
+                    delivery: InboundDelivery {
+                        client_ip: String::new(),
+                        helo: String::new(),
+                        mail_from: c.agent_address,
+                        rcpt_to: c.recipients,
+                        tls: false,
+                        auth_results: None,
+                        dmarc: String::new(),
+                        dmarc_policy: None,
+                        raw: c.raw,
+                    },
+                    parsed: c.parsed,
+                    blob_hash: c.blob_hash,
+                    rcpt_keys: vec![key],
+                    participants,
+                    filing: Filing::SentCopy,
+                }
+            })
+            .collect();
+        let mut st = Batch {
+            seq,
+            ..Batch::default()
+        };
+        self.prefetch(tx, &mut st, &prepared).await?;
+        let mut filed = Vec::with_capacity(prepared.len());
+        for p in &prepared {
+            let message_id = match self.file_one(tx, &mut st, p, now).await? {
+                Ok(id) => id,
+                Err(e) => {
+                    return Err(crate::error::Error::Internal(format!(
+                        "the sent copy for {} could not be filed: {e:?}",
+                        p.delivery.mail_from
+                    )));
+                }
+            };
+            let thread_id = st.entries.last().map(|e| e.2.clone()).unwrap_or_default();
+            filed.push((message_id, thread_id));
+        }
+        let last = st.seq;
+        st.flush(tx, now).await?;
+        Ok((filed, last))
     }
 
     /// The batch's reads, a few statements for the whole batch instead of
@@ -495,7 +585,7 @@ impl Service {
             // One answer covers every recipient after DATA: a full mailbox
             // defers the whole message (452) rather than drop it silently
             // for one recipient.
-            if a.used + size > a.quota {
+            if p.filing == Filing::Inbound && a.used + size > a.quota {
                 return Ok(Err(DeliveryError::Full));
             }
             rcpts.push(Rcpt {
@@ -528,9 +618,10 @@ impl Service {
         st.seq += 1;
         let seq = st.seq;
         let id = uuid::Uuid::now_v7().to_string();
+        let inbound = p.filing == Filing::Inbound;
         let envelope = Envelope {
-            client_ip: Some(&d.client_ip),
-            helo: Some(&d.helo),
+            client_ip: inbound.then_some(d.client_ip.as_str()),
+            helo: inbound.then_some(d.helo.as_str()),
             mail_from: &d.mail_from,
             rcpt_to: &d.rcpt_to,
             tls: d.tls,
@@ -551,7 +642,11 @@ impl Service {
 
         let spam =
             d.dmarc == "fail" && matches!(d.dmarc_policy.as_deref(), Some("quarantine" | "reject"));
-        let folder = if spam { "spam" } else { "inbox" };
+        let folder = match p.filing {
+            Filing::SentCopy => "sent",
+            Filing::Inbound if spam => "spam",
+            Filing::Inbound => "inbox",
+        };
         for r in &rcpts {
             let thread_id = self
                 .thread_for(tx, st, &r.agent_id, pm, &p.participants, now)
@@ -568,6 +663,7 @@ impl Service {
                 id.clone(),
                 thread_id.clone(),
                 folder,
+                i64::from(inbound),
                 size,
             ));
             if let Some(Some(a)) = st.agents.get_mut(&r.key) {
@@ -579,6 +675,9 @@ impl Service {
                     u.2 += 1;
                 }
                 None => st.usage.push((r.agent_id.clone(), size, 1)),
+            }
+            if !inbound {
+                continue;
             }
             st.audit.push(NewEntry {
                 actor: Actor {
@@ -989,8 +1088,8 @@ struct Batch {
     /// Raw messages small enough for the `blobs` table: (hash, bytes).
     table_blobs: Vec<(String, Vec<u8>)>,
     messages: Vec<MessageRow>,
-    /// (agent, message, thread, folder, size)
-    entries: Vec<(String, String, String, &'static str, i64)>,
+    /// (agent, message, thread, folder, unread, size)
+    entries: Vec<(String, String, String, &'static str, i64, i64)>,
     /// (agent, bytes, messages) added
     usage: Vec<(String, i64, i64)>,
     threads: HashMap<String, ThreadState>,
@@ -1133,18 +1232,19 @@ impl Batch {
         for chunk in self.entries.chunks(100) {
             let sql = format!(
                 "INSERT INTO mailbox_entries (agent_id, message_id, thread_id, folder, unread, starred, received_at, folder_at, size_bytes) VALUES {}",
-                value_groups(dialect, chunk.len(), 7, |m| format!(
-                    "({}, {}, {}, {}, 1, 0, {}, {}, {})",
-                    m[0], m[1], m[2], m[3], m[4], m[5], m[6]
+                value_groups(dialect, chunk.len(), 8, |m| format!(
+                    "({}, {}, {}, {}, {}, 0, {}, {}, {})",
+                    m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7]
                 ))
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
-            for (agent, message, thread, folder, size) in chunk {
+            for (agent, message, thread, folder, unread, size) in chunk {
                 q = q
                     .bind(agent.clone())
                     .bind(message.clone())
                     .bind(thread.clone())
                     .bind(*folder)
+                    .bind(*unread)
                     .bind(now)
                     .bind(now)
                     .bind(*size);

@@ -12,11 +12,15 @@
 use super::send::{Outgoing, OverCap, count_send};
 use crate::audit::NewEntry;
 use crate::error::{Error, Result};
+use crate::service::mailbox::ingest::SentCopy;
 use crate::service::mailbox::parse::Parsed;
 use crate::service::policies::PolicySettings;
 use crate::service::{Agent, Ctx, Service};
-use crate::store::Tx;
+use crate::store::{Dialect, Tx, blob_hash, value_groups};
+// Dynamic SQL here is assembled from constant fragments and placeholders
+// only; every value is bound.
 use serde_json::json;
+use sqlx::AssertSqlSafe;
 use tokio::sync::{mpsc, oneshot};
 
 /// Most sends committed in one transaction: bounds the time the write lock
@@ -155,37 +159,52 @@ impl Service {
         let now = self.now();
         let mut tx = self.db.begin_write().await?;
         let mut b = Batch::default();
+        let local = b.local_domains(self, &mut tx).await?.to_vec();
         let mut results = Vec::with_capacity(batch.len());
+        let mut together: Vec<&PendingSend> = Vec::with_capacity(batch.len());
         for send in batch {
-            results.push(match self.commit_send(&mut tx, &mut b, send, now).await {
-                Ok(()) => Ok(()),
-                Err(Refusal::Refused(e)) => Err(e),
+            match self.admit_send(&mut tx, send, now).await {
+                Ok(()) => {}
+                Err(Refusal::Refused(e)) => {
+                    results.push(Err(e));
+                    continue;
+                }
                 Err(Refusal::OverCap(over)) => {
                     // The refusal is recorded in the same commit.
                     let (entry, details) = over_cap_record(send, &over);
                     b.record(entry, Some(("quota.exceeded", details)));
-                    Err(over.into_error())
+                    results.push(Err(over.into_error()));
+                    continue;
                 }
                 Err(Refusal::Failed(e)) => return Err(e),
+            }
+            // The common case, mail to the outside world, is written for
+            // the whole batch at once; a held send, a large message or a
+            // local recipient (delivered inside this transaction) one by one.
+            let has_local = send.out.recipients.iter().any(|r| {
+                r.rsplit_once('@')
+                    .is_some_and(|(_, d)| local.iter().any(|l| l == d))
             });
+            if send.hold || send.early_blob.is_some() || has_local {
+                self.record_send_alone(&mut tx, &mut b, send, now).await?;
+            } else {
+                b.record(send_entry(send, "success"), None);
+                together.push(send);
+            }
+            results.push(Ok(()));
         }
+        self.queue_together(&mut tx, &mut b, &together, now).await?;
         b.flush(&mut tx, now).await?;
         tx.commit().await?;
         Ok(results)
     }
 
-    /// One send inside the batch: checks its draft, counts it (refusing
-    /// over the cap), then holds it for confirmation or queues it.
-    async fn commit_send(
-        &self,
-        tx: &mut Tx,
-        b: &mut Batch,
-        s: &PendingSend,
-        now: i64,
-    ) -> Result<(), Refusal> {
+    /// The checks that may refuse one send of the batch, before it writes
+    /// anything of its own: its draft is unchanged, and it is within its
+    /// caps (counted here).
+    async fn admit_send(&self, tx: &mut Tx, s: &PendingSend, now: i64) -> Result<(), Refusal> {
         let agent = &s.agent;
-        let out = &s.out;
-        if let Some((draft_id, version)) = &out.draft {
+        if let Some((draft_id, version)) = &s.out.draft {
             let current: Option<(i64,)> =
                 sqlx::query_as("SELECT version FROM drafts WHERE id = $1 AND agent_id = $2")
                     .bind(draft_id)
@@ -202,6 +221,127 @@ impl Service {
         if let Some(over) = count_send(tx, agent.id.as_str(), &s.policy, now).await? {
             return Err(Refusal::OverCap(over));
         }
+        Ok(())
+    }
+
+    /// Queues admitted sends to remote recipients together: their sent
+    /// copies filed with the inbound group commit's multi-row writes, then
+    /// one statement for their send rows and one for their queue rows.
+    async fn queue_together(
+        &self,
+        tx: &mut Tx,
+        b: &mut Batch,
+        sends: &[&PendingSend],
+        now: i64,
+    ) -> Result<()> {
+        if sends.is_empty() {
+            return Ok(());
+        }
+        let copies = sends
+            .iter()
+            .map(|s| SentCopy {
+                agent_address: s.agent.address.clone(),
+                recipients: s.out.recipients.clone(),
+                raw: s.out.raw.clone(),
+                blob_hash: blob_hash(&s.out.raw),
+                parsed: s.parsed.clone().unwrap_or_default(),
+            })
+            .collect();
+        let (filed, last_seq) = self.file_sent_copies(tx, copies, b.last_seq, now).await?;
+        b.last_seq = Some(last_seq);
+        let dialect = Dialect::of(tx);
+        let rows: Vec<(&&PendingSend, &(String, String))> = sends.iter().zip(&filed).collect();
+        for chunk in rows.chunks(40) {
+            let sql = format!(
+                "INSERT INTO sends (id, agent_id, draft_id, status, blob_hash, sha256, size_bytes, mail_from, recipients, \
+                 message_id_header, subject, via, created_at, message_id) VALUES {}",
+                value_groups(dialect, chunk.len(), 13, |m| format!(
+                    "({}, {}, {}, 'queued', {}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
+                    m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8], m[9], m[10], m[11], m[12]
+                ))
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for (s, (message_id, _)) in chunk {
+                q = q
+                    .bind(s.send_id.clone())
+                    .bind(s.agent.id.0.clone())
+                    .bind(s.out.draft.as_ref().map(|d| d.0.clone()))
+                    .bind(blob_hash(&s.out.raw))
+                    .bind(s.sha256.clone())
+                    .bind(s.out.raw.len() as i64)
+                    .bind(s.out.mail_from.clone())
+                    .bind(json!(s.out.recipients).to_string())
+                    .bind(s.out.message_id_header.clone())
+                    .bind(s.out.subject.clone())
+                    .bind(s.out.via)
+                    .bind(now)
+                    .bind(message_id.clone());
+            }
+            q.execute(&mut **tx).await?;
+        }
+        let give_up = now + self.cfg.outbound.give_up_after.as_micros() as i64;
+        let queued: Vec<(&PendingSend, &String)> = sends
+            .iter()
+            .flat_map(|s| s.out.recipients.iter().map(move |r| (*s, r)))
+            .collect();
+        for chunk in queued.chunks(60) {
+            let sql = format!(
+                "INSERT INTO outbound_queue (id, send_id, agent_id, recipient, domain, status, attempts, next_attempt_at, \
+                 give_up_at, last_reply, created_at, updated_at) VALUES {}",
+                // Every placeholder is bound once (SQLite's are anonymous).
+                value_groups(dialect, chunk.len(), 9, |m| format!(
+                    "({}, {}, {}, {}, {}, 'queued', 0, {}, {}, NULL, {}, {})",
+                    m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8]
+                ))
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for (s, r) in chunk {
+                let domain = r.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
+                q = q
+                    .bind(uuid::Uuid::now_v7().to_string())
+                    .bind(s.send_id.clone())
+                    .bind(s.agent.id.0.clone())
+                    .bind((*r).clone())
+                    .bind(domain.to_string())
+                    .bind(now)
+                    .bind(give_up)
+                    .bind(now)
+                    .bind(now);
+            }
+            q.execute(&mut **tx).await?;
+        }
+        for (s, (message_id, thread_id)) in rows {
+            if let Some((draft_id, _)) = &s.out.draft {
+                sqlx::query("DELETE FROM drafts WHERE id = $1")
+                    .bind(draft_id)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            let event = json!({
+                "send_id": s.send_id,
+                "agent_id": s.agent.id.0,
+                "message_id": message_id,
+                "thread_id": thread_id,
+                "message_id_header": s.out.message_id_header,
+                "recipients": s.out.recipients,
+                "subject": s.parsed.as_ref().and_then(|p| p.subject.clone()),
+            });
+            b.event("message.sent", s.agent.id.as_str(), event);
+        }
+        Ok(())
+    }
+
+    /// One admitted send recorded on its own inside the batch: held for
+    /// confirmation, or queued (with local deliveries) by `enqueue`.
+    async fn record_send_alone(
+        &self,
+        tx: &mut Tx,
+        b: &mut Batch,
+        s: &PendingSend,
+        now: i64,
+    ) -> Result<()> {
+        let agent = &s.agent;
+        let out = &s.out;
         // The collector may have removed the file a moment ago, before this
         // send referenced it; it deletes under this same lock, so checking
         // here is enough.
@@ -233,26 +373,9 @@ impl Service {
         .bind(expires_at)
         .execute(&mut **tx)
         .await?;
-        let details = json!({
-            "send_id": s.send_id,
-            "recipients": out.recipients,
-            "sha256": s.sha256,
-            "size_bytes": out.raw.len(),
-            "message_id_header": out.message_id_header,
-            "via": out.via,
-        });
-        let outcome = if s.hold { "pending" } else { "success" };
-        let entry = self.entry(
-            &s.ctx,
-            "message.send",
-            Some("send"),
-            Some(s.send_id.clone()),
-            Some(agent.id.0.clone()),
-            outcome,
-            details.clone(),
-        );
+        let entry = send_entry(s, if s.hold { "pending" } else { "success" });
         if s.hold {
-            let mut event = details;
+            let mut event = entry.details.clone();
             event["agent_id"] = json!(agent.id.0);
             event["subject"] = json!(out.subject);
             event["expires_at"] = json!(expires_at.map(crate::clock::to_rfc3339));
@@ -276,6 +399,28 @@ impl Service {
         self.enqueue(tx, b, &queued, agent, &out.raw, &blob_hash, parsed, now)
             .await?;
         Ok(())
+    }
+}
+
+/// The audit entry of a recorded send (`success`, or `pending` when held).
+fn send_entry(s: &PendingSend, outcome: &'static str) -> NewEntry {
+    NewEntry {
+        actor: s.ctx.principal.actor(),
+        action: "message.send",
+        target_kind: Some("send"),
+        target_id: Some(s.send_id.clone()),
+        agent_id: Some(s.agent.id.0.clone()),
+        outcome,
+        request_id: s.ctx.request_id.clone(),
+        source: s.ctx.source.clone(),
+        details: json!({
+            "send_id": s.send_id,
+            "recipients": s.out.recipients,
+            "sha256": s.sha256,
+            "size_bytes": s.out.raw.len(),
+            "message_id_header": s.out.message_id_header,
+            "via": s.out.via,
+        }),
     }
 }
 
@@ -309,6 +454,7 @@ async fn committer(svc: Service, mut rx: mpsc::Receiver<Job>) {
             .into_iter()
             .map(|j| (j.send, j.reply))
             .unzip();
+        let started = std::time::Instant::now();
         let results = match svc.commit_sends(&sends).await {
             Ok(r) => r,
             Err(e) if sends.len() > 1 => {
@@ -327,7 +473,11 @@ async fn committer(svc: Service, mut rx: mpsc::Receiver<Job>) {
             }
             Err(e) => vec![Err(e)],
         };
-        tracing::debug!(batch = sends.len(), "send group commit");
+        tracing::debug!(
+            batch = sends.len(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "send group commit"
+        );
         for (reply, result) in replies.into_iter().zip(results) {
             let _ = reply.send(result);
         }

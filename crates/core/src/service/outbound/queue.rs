@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::service::mailbox::ingest::{Envelope, insert_message};
 use crate::service::mailbox::parse;
 use crate::service::{Ctx, Service};
-use crate::store::{Dialect, Tx};
+use crate::store::{Dialect, Tx, list_marks, parenthesised, value_groups};
 use mail_builder::MessageBuilder;
 use mail_builder::headers::address::Address;
 use mail_builder::headers::content_type::ContentType;
@@ -20,6 +20,7 @@ use mail_builder::mime::MimePart;
 use serde_json::json;
 use sqlx::{AssertSqlSafe, Row};
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -60,6 +61,8 @@ struct Claimed {
 
 /// Most recipient rows claimed at once.
 const CLAIM: i64 = 200;
+/// Values per `IN (…)` list (far below both backends' bind limits).
+const PREFETCH_CHUNK: usize = 300;
 /// Most delivery attempts recorded in one transaction.
 const MAX_RESULTS_BATCH: usize = 128;
 
@@ -259,37 +262,87 @@ impl Service {
         }
     }
 
+    /// Records a batch of attempts in one transaction: the sends' agents in
+    /// one read, every delivered recipient in one multi-row update, each
+    /// deferred or failed one on its own (with its bounce), then the sends
+    /// whose last recipient finished.
     async fn record_attempts(&self, batch: &[Attempted]) -> Result<()> {
         let now = self.now();
         let mut tx = self.db.begin_write().await?;
         let mut b = Batch::default();
-        for a in batch {
-            self.record_results(&mut tx, &mut b, &a.batch, &a.results, now)
-                .await?;
+        let dialect = Dialect::of(&tx);
+        let mut send_ids: Vec<&str> = batch.iter().map(|a| a.batch.send_id.as_str()).collect();
+        send_ids.sort_unstable();
+        send_ids.dedup();
+        // A send removed meanwhile (its agent purged) has nothing to record.
+        let mut agents: HashMap<String, String> = HashMap::new();
+        for chunk in send_ids.chunks(PREFETCH_CHUNK) {
+            let sql = format!(
+                "SELECT id, agent_id FROM sends WHERE id IN ({})",
+                list_marks(dialect, 1, chunk.len())
+            );
+            let mut q = sqlx::query_as::<_, (String, String)>(AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(id.to_string());
+            }
+            agents.extend(q.fetch_all(&mut *tx).await?);
         }
+        let mut delivered: Vec<(&str, i64, String)> = vec![];
+        for a in batch {
+            let Some(agent_id) = agents.get(&a.batch.send_id) else {
+                continue;
+            };
+            self.record_results(
+                &mut tx,
+                &mut b,
+                &a.batch,
+                agent_id,
+                &a.results,
+                &mut delivered,
+                now,
+            )
+            .await?;
+        }
+        for chunk in delivered.chunks(100) {
+            let sql = format!(
+                "UPDATE outbound_queue SET status = 'delivered', attempts = v.column2, last_reply = v.column3, \
+                 lease_until = NULL, updated_at = v.column4 FROM (VALUES {}) AS v WHERE outbound_queue.id = v.column1",
+                value_groups(dialect, chunk.len(), 4, parenthesised)
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for (queue_id, attempts, reply) in chunk {
+                q = q
+                    .bind(queue_id.to_string())
+                    .bind(*attempts)
+                    .bind(reply.clone())
+                    .bind(now);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        let finished: Vec<&str> = send_ids
+            .into_iter()
+            .filter(|id| agents.contains_key(*id))
+            .collect();
+        self.finish_sends(&mut tx, &finished, now).await?;
         b.flush(&mut tx, now).await?;
         tx.commit().await?;
         Ok(())
     }
 
-    /// Records one attempt's results inside `tx`.
-    async fn record_results(
+    /// One attempt's results inside `tx`: delivered recipients are gathered
+    /// into `delivered` for the batch's update; the others are written here.
+    #[allow(clippy::too_many_arguments)]
+    async fn record_results<'a>(
         &self,
         tx: &mut Tx,
         b: &mut Batch,
-        batch: &Claimed,
+        batch: &'a Claimed,
+        agent_id: &str,
         results: &[(String, DeliveryResult)],
+        delivered: &mut Vec<(&'a str, i64, String)>,
         now: i64,
     ) -> Result<()> {
         let settings = &self.cfg.outbound;
-        let agent_row: Option<(String,)> =
-            sqlx::query_as("SELECT agent_id FROM sends WHERE id = $1")
-                .bind(&batch.send_id)
-                .fetch_optional(&mut **tx)
-                .await?;
-        let Some((agent_id,)) = agent_row else {
-            return Ok(());
-        };
         let mut failed: Vec<(String, String)> = vec![];
         for (queue_id, rcpt, attempts) in &batch.rows {
             let result = results
@@ -302,17 +355,9 @@ impl Service {
             let attempts = attempts + 1;
             match result {
                 DeliveryResult::Delivered(reply) => {
-                    sqlx::query(
-                        "UPDATE outbound_queue SET status = 'delivered', attempts = $1, last_reply = $2, lease_until = NULL, updated_at = $3 WHERE id = $4",
-                    )
-                    .bind(attempts)
-                    .bind(&reply)
-                    .bind(now)
-                    .bind(queue_id)
-                    .execute(&mut **tx)
-                    .await?;
                     let event = json!({ "send_id": batch.send_id, "agent_id": agent_id, "recipient": rcpt, "local": false, "reply": reply, "attempts": attempts });
-                    b.event("message.delivered", &agent_id, event);
+                    b.event("message.delivered", agent_id, event);
+                    delivered.push((queue_id.as_str(), attempts, reply));
                 }
                 DeliveryResult::Failed(reply) => {
                     self.fail_row(tx, queue_id, attempts, &reply, now).await?;
@@ -348,21 +393,20 @@ impl Service {
                         .execute(&mut **tx)
                         .await?;
                         let event = json!({ "send_id": batch.send_id, "agent_id": agent_id, "recipient": rcpt, "reply": reply, "attempts": attempts, "next_attempt_at": crate::clock::to_rfc3339(next) });
-                        crate::events::emit(tx, now, "message.deferred", Some(&agent_id), &event)
-                            .await?;
+                        b.event("message.deferred", agent_id, event);
                     }
                 }
             }
         }
         if !failed.is_empty() {
             let agent = self
-                .load_agent(&crate::ids::AgentId(agent_id.clone()))
+                .load_agent(&crate::ids::AgentId(agent_id.to_string()))
                 .await?
                 .ok_or_else(|| Error::Internal("the sending agent vanished".into()))?;
             self.bounce(tx, b, &batch.send_id, &agent, &failed, None, now)
                 .await?;
         }
-        self.finish_send(tx, &batch.send_id, now).await
+        Ok(())
     }
 
     async fn fail_row(

@@ -754,27 +754,65 @@ impl Service {
 
     /// Sets a send's final status once no recipient is still queued.
     pub(crate) async fn finish_send(&self, tx: &mut Tx, send_id: &str, now: i64) -> Result<()> {
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT status, COUNT(*) FROM outbound_queue WHERE send_id = $1 GROUP BY status",
-        )
-        .bind(send_id)
-        .fetch_all(&mut **tx)
-        .await?;
-        let count = |s: &str| rows.iter().find(|r| r.0 == s).map(|r| r.1).unwrap_or(0);
-        if count("queued") > 0 {
-            return Ok(());
+        self.finish_sends(tx, &[send_id], now).await
+    }
+
+    /// `finish_send` for several sends: one read of their recipients'
+    /// states, one update per final status.
+    pub(crate) async fn finish_sends(
+        &self,
+        tx: &mut Tx,
+        send_ids: &[&str],
+        now: i64,
+    ) -> Result<()> {
+        let dialect = crate::store::Dialect::of(tx);
+        let mut counts: std::collections::HashMap<String, [i64; 3]> = Default::default();
+        for chunk in send_ids.chunks(300) {
+            let sql = format!(
+                "SELECT send_id, status, COUNT(*) FROM outbound_queue WHERE send_id IN ({}) GROUP BY send_id, status",
+                crate::store::list_marks(dialect, 1, chunk.len())
+            );
+            let mut q = sqlx::query_as::<_, (String, String, i64)>(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(id.to_string());
+            }
+            for (send_id, status, n) in q.fetch_all(&mut **tx).await? {
+                let slot = match status.as_str() {
+                    "queued" => 0,
+                    "delivered" => 1,
+                    "failed" => 2,
+                    _ => continue,
+                };
+                counts.entry(send_id).or_default()[slot] += n;
+            }
         }
-        let status = match (count("delivered"), count("failed")) {
-            (_, 0) => "sent",
-            (0, _) => "failed",
-            _ => "partially_failed",
-        };
-        sqlx::query("UPDATE sends SET status = $1, completed_at = $2 WHERE id = $3")
-            .bind(status)
-            .bind(now)
-            .bind(send_id)
-            .execute(&mut **tx)
-            .await?;
+        let mut by_status: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+        for (send_id, [queued, delivered, failed]) in counts {
+            if queued > 0 {
+                continue;
+            }
+            let status = match (delivered, failed) {
+                (_, 0) => "sent",
+                (0, _) => "failed",
+                _ => "partially_failed",
+            };
+            by_status.entry(status).or_default().push(send_id);
+        }
+        for (status, ids) in by_status {
+            for chunk in ids.chunks(300) {
+                let sql = format!(
+                    "UPDATE sends SET status = {}, completed_at = {} WHERE id IN ({})",
+                    crate::store::list_marks(dialect, 1, 1),
+                    crate::store::list_marks(dialect, 2, 1),
+                    crate::store::list_marks(dialect, 3, chunk.len())
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(status).bind(now);
+                for id in chunk {
+                    q = q.bind(id.clone());
+                }
+                q.execute(&mut **tx).await?;
+            }
+        }
         Ok(())
     }
 
