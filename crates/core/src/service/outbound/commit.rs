@@ -9,7 +9,7 @@
 //! under the org-wide write lock, so two nodes on one PostgreSQL cannot
 //! exceed them together.
 
-use super::send::{Outgoing, OverCap, count_send};
+use super::send::{Outgoing, OverCap, RecipientStatus, SendInfo, count_send};
 use crate::audit::NewEntry;
 use crate::error::{Error, Result};
 use crate::service::mailbox::ingest::SentCopy;
@@ -103,7 +103,7 @@ pub(crate) struct PendingSend {
 
 pub(crate) struct Job {
     send: PendingSend,
-    reply: oneshot::Sender<Result<()>>,
+    reply: oneshot::Sender<Result<Option<SendInfo>>>,
 }
 
 /// Why one send of a batch was not recorded.
@@ -133,8 +133,9 @@ pub(crate) type SendQueue = std::sync::Arc<std::sync::OnceLock<mpsc::Sender<Job>
 
 impl Service {
     /// Records one send through the group commit; resolves after the
-    /// commit with this send's own outcome.
-    pub(crate) async fn commit_send_grouped(&self, send: PendingSend) -> Result<()> {
+    /// commit with this send's own outcome: the send as committed when the
+    /// batch wrote it whole (else the caller reads it back).
+    pub(crate) async fn commit_send_grouped(&self, send: PendingSend) -> Result<Option<SendInfo>> {
         let queue = self.send_queue.get_or_init(|| {
             let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
             tokio::spawn(committer(self.clone(), rx));
@@ -155,13 +156,13 @@ impl Service {
     /// nothing behind and the others commit; an `Err` means nothing of the
     /// batch was committed. (No savepoint per send: on SQLite each one
     /// journals pages and flushes the full-text index's pending terms.)
-    async fn commit_sends(&self, batch: &[PendingSend]) -> Result<Vec<Result<()>>> {
+    async fn commit_sends(&self, batch: &[PendingSend]) -> Result<Vec<Result<Option<SendInfo>>>> {
         let now = self.now();
         let mut tx = self.db.begin_write().await?;
         let mut b = Batch::default();
         let local = b.local_domains(self, &mut tx).await?.to_vec();
         let mut results = Vec::with_capacity(batch.len());
-        let mut together: Vec<&PendingSend> = Vec::with_capacity(batch.len());
+        let mut together: Vec<(usize, &PendingSend)> = Vec::with_capacity(batch.len());
         for send in batch {
             match self.admit_send(&mut tx, send, now).await {
                 Ok(()) => {}
@@ -189,11 +190,15 @@ impl Service {
                 self.record_send_alone(&mut tx, &mut b, send, now).await?;
             } else {
                 b.record(send_entry(send, "success"), None);
-                together.push(send);
+                together.push((results.len(), send));
             }
-            results.push(Ok(()));
+            results.push(Ok(None));
         }
-        self.queue_together(&mut tx, &mut b, &together, now).await?;
+        let sends: Vec<&PendingSend> = together.iter().map(|t| t.1).collect();
+        let infos = self.queue_together(&mut tx, &mut b, &sends, now).await?;
+        for ((slot, _), info) in together.iter().zip(infos) {
+            results[*slot] = Ok(Some(info));
+        }
         b.flush(&mut tx, now).await?;
         tx.commit().await?;
         Ok(results)
@@ -227,15 +232,16 @@ impl Service {
     /// Queues admitted sends to remote recipients together: their sent
     /// copies filed with the inbound group commit's multi-row writes, then
     /// one statement for their send rows and one for their queue rows.
+    /// Returns each send as committed.
     async fn queue_together(
         &self,
         tx: &mut Tx,
         b: &mut Batch,
         sends: &[&PendingSend],
         now: i64,
-    ) -> Result<()> {
+    ) -> Result<Vec<SendInfo>> {
         if sends.is_empty() {
-            return Ok(());
+            return Ok(vec![]);
         }
         let copies = sends
             .iter()
@@ -328,7 +334,42 @@ impl Service {
             });
             b.event("message.sent", s.agent.id.as_str(), event);
         }
-        Ok(())
+        let queued_at = crate::clock::to_rfc3339(now);
+        Ok(sends
+            .iter()
+            .zip(&filed)
+            .map(|(s, (message_id, _))| SendInfo {
+                send_id: s.send_id.clone(),
+                agent_id: s.agent.id.0.clone(),
+                status: "queued".into(),
+                sha256: s.sha256.clone(),
+                size_bytes: s.out.raw.len() as i64,
+                from: s.out.mail_from.clone(),
+                subject: s.out.subject.clone(),
+                message_id_header: s.out.message_id_header.clone(),
+                message_id: Some(message_id.clone()),
+                draft_id: s.out.draft.as_ref().map(|d| d.0.clone()),
+                via: s.out.via.into(),
+                recipients: s
+                    .out
+                    .recipients
+                    .iter()
+                    .map(|r| RecipientStatus {
+                        recipient: r.clone(),
+                        status: "queued".into(),
+                        attempts: 0,
+                        last_reply: None,
+                        next_attempt_at: Some(queued_at.clone()),
+                        local: false,
+                    })
+                    .collect(),
+                created_at: queued_at.clone(),
+                expires_at: None,
+                decided_at: None,
+                decided_by: None,
+                reason: None,
+            })
+            .collect())
     }
 
     /// One admitted send recorded on its own inside the batch: held for

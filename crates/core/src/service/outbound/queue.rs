@@ -57,6 +57,9 @@ pub type DeliveryFuture<'a> =
 struct Claimed {
     send_id: String,
     rows: Vec<(String, String, i64)>, // (queue id, recipient, attempts)
+    /// The send's envelope sender and bytes, read for the whole claim.
+    mail_from: String,
+    raw: Arc<Vec<u8>>,
 }
 
 /// Most recipient rows claimed at once.
@@ -185,6 +188,8 @@ impl Service {
                 .or_insert_with(|| Claimed {
                     send_id,
                     rows: vec![],
+                    mail_from: String::new(),
+                    raw: Arc::default(),
                 })
                 .rows
                 .push((
@@ -193,7 +198,73 @@ impl Service {
                     r.try_get("attempts")?,
                 ));
         }
-        Ok(groups.into_values().collect())
+        let mut claimed: Vec<Claimed> = groups.into_values().collect();
+        self.load_claimed(&mut claimed).await?;
+        Ok(claimed)
+    }
+
+    /// The claimed sends' envelope senders and bytes: two reads for the
+    /// whole claim instead of two per send. A send whose row or bytes are
+    /// gone is dropped (its lease expires; a purge removes its rows).
+    async fn load_claimed(&self, claimed: &mut Vec<Claimed>) -> Result<()> {
+        let dialect = self.db.dialect;
+        let mut ids: Vec<String> = claimed.iter().map(|c| c.send_id.clone()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut sends: HashMap<String, (String, String)> = HashMap::new();
+        let mut blobs: HashMap<String, Arc<Vec<u8>>> = HashMap::new();
+        for chunk in ids.chunks(PREFETCH_CHUNK) {
+            let sql = format!(
+                "SELECT id, mail_from, blob_hash FROM sends WHERE id IN ({})",
+                list_marks(dialect, 1, chunk.len())
+            );
+            let mut q = sqlx::query_as::<_, (String, String, String)>(AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(id.clone());
+            }
+            let rows = q.fetch_all(&self.db.pool).await?;
+            let hashes: Vec<String> = rows.iter().map(|r| r.2.clone()).collect();
+            sends.extend(rows.into_iter().map(|(id, from, hash)| (id, (from, hash))));
+            if hashes.is_empty() {
+                continue;
+            }
+            let sql = format!(
+                "SELECT hash, data FROM blobs WHERE hash IN ({})",
+                list_marks(dialect, 1, hashes.len())
+            );
+            let mut q = sqlx::query_as::<_, (String, Vec<u8>)>(AssertSqlSafe(sql));
+            for h in hashes {
+                q = q.bind(h);
+            }
+            blobs.extend(
+                q.fetch_all(&self.db.pool)
+                    .await?
+                    .into_iter()
+                    .map(|(h, d)| (h, Arc::new(d))),
+            );
+        }
+        let mut keep = Vec::with_capacity(claimed.len());
+        for mut c in claimed.drain(..) {
+            let Some((mail_from, hash)) = sends.get(&c.send_id) else {
+                continue;
+            };
+            let raw = match blobs.get(hash) {
+                Some(raw) => raw.clone(),
+                // Large messages are files.
+                None => match self.db.blobs.get(&self.db.pool, hash).await? {
+                    Some(raw) => Arc::new(raw),
+                    None => {
+                        tracing::error!(send_id = %c.send_id, blob = %hash, "a queued send's bytes are missing");
+                        continue;
+                    }
+                },
+            };
+            c.mail_from = mail_from.clone();
+            c.raw = raw;
+            keep.push(c);
+        }
+        *claimed = keep;
+        Ok(())
     }
 
     async fn deliver_batch(
@@ -202,19 +273,10 @@ impl Service {
         batch: Claimed,
         record: &tokio::sync::mpsc::Sender<Attempted>,
     ) -> Result<()> {
-        let (mail_from, blob_hash): (String, String) =
-            sqlx::query_as("SELECT mail_from, blob_hash FROM sends WHERE id = $1")
-                .bind(&batch.send_id)
-                .fetch_one(&self.db.pool)
-                .await?;
-        let raw = self
-            .db
-            .blobs
-            .get(&self.db.pool, &blob_hash)
-            .await?
-            .ok_or_else(|| Error::Internal(format!("send blob {blob_hash} is missing")))?;
         let rcpts: Vec<String> = batch.rows.iter().map(|r| r.1.clone()).collect();
-        let results = transport.deliver(&mail_from, &rcpts, &raw).await;
+        let results = transport
+            .deliver(&batch.mail_from, &rcpts, &batch.raw)
+            .await;
         let (recorded, answer) = tokio::sync::oneshot::channel();
         record
             .send(Attempted {
