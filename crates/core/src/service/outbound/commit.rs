@@ -9,7 +9,7 @@
 //! under the org-wide write lock, so two nodes on one PostgreSQL cannot
 //! exceed them together.
 
-use super::send::{Outgoing, OverCap, RecipientStatus, SendInfo, count_send};
+use super::send::{Outgoing, OverCap, RecipientStatus, SendInfo, count_sends};
 use crate::audit::NewEntry;
 use crate::error::{Error, Result};
 use crate::service::mailbox::ingest::SentCopy;
@@ -112,20 +112,6 @@ enum Refusal {
     OverCap(OverCap),
     /// Refused by a check before it wrote anything.
     Refused(Error),
-    /// A failure part-way: the batch's transaction must be abandoned.
-    Failed(Error),
-}
-
-impl From<Error> for Refusal {
-    fn from(e: Error) -> Self {
-        Refusal::Failed(e)
-    }
-}
-
-impl From<sqlx::Error> for Refusal {
-    fn from(e: sqlx::Error) -> Self {
-        Refusal::Failed(e.into())
-    }
 }
 
 /// The channel to this service's send committer, started on first use.
@@ -163,8 +149,9 @@ impl Service {
         let local = b.local_domains(self, &mut tx).await?.to_vec();
         let mut results = Vec::with_capacity(batch.len());
         let mut together: Vec<(usize, &PendingSend)> = Vec::with_capacity(batch.len());
-        for send in batch {
-            match self.admit_send(&mut tx, send, now).await {
+        let verdicts = self.admit_sends(&mut tx, batch, now).await?;
+        for (send, verdict) in batch.iter().zip(verdicts) {
+            match verdict {
                 Ok(()) => {}
                 Err(Refusal::Refused(e)) => {
                     results.push(Err(e));
@@ -177,7 +164,6 @@ impl Service {
                     results.push(Err(over.into_error()));
                     continue;
                 }
-                Err(Refusal::Failed(e)) => return Err(e),
             }
             // The common case, mail to the outside world, is written for
             // the whole batch at once; a held send, a large message or a
@@ -204,29 +190,62 @@ impl Service {
         Ok(results)
     }
 
-    /// The checks that may refuse one send of the batch, before it writes
-    /// anything of its own: its draft is unchanged, and it is within its
-    /// caps (counted here).
-    async fn admit_send(&self, tx: &mut Tx, s: &PendingSend, now: i64) -> Result<(), Refusal> {
-        let agent = &s.agent;
-        if let Some((draft_id, version)) = &s.out.draft {
+    /// The checks that may refuse sends of the batch, before they write
+    /// anything of their own: each draft is unchanged, and each send is
+    /// within its agent's caps (counted here, one statement per agent and
+    /// period). One verdict per send, in order.
+    async fn admit_sends(
+        &self,
+        tx: &mut Tx,
+        batch: &[PendingSend],
+        now: i64,
+    ) -> Result<Vec<Result<(), Refusal>>> {
+        let mut verdicts: Vec<Result<(), Refusal>> = Vec::with_capacity(batch.len());
+        for s in batch {
+            verdicts.push(Ok(()));
+            let Some((draft_id, version)) = &s.out.draft else {
+                continue;
+            };
             let current: Option<(i64,)> =
                 sqlx::query_as("SELECT version FROM drafts WHERE id = $1 AND agent_id = $2")
                     .bind(draft_id)
-                    .bind(agent.id.as_str())
+                    .bind(s.agent.id.as_str())
                     .fetch_optional(&mut **tx)
                     .await?;
-            if current.map(|c| c.0) != Some(*version) {
-                return Err(Refusal::Refused(Error::conflict(
-                    "draft-changed",
-                    "the draft changed while it was being sent; send it again",
-                )));
+            // Sent earlier in this batch: the draft is deleted at the end.
+            let taken = batch
+                .iter()
+                .zip(&verdicts)
+                .take(verdicts.len() - 1)
+                .any(|(o, v)| v.is_ok() && o.out.draft.as_ref().map(|d| &d.0) == Some(draft_id));
+            if current.map(|c| c.0) != Some(*version) || taken {
+                if let Some(v) = verdicts.last_mut() {
+                    *v = Err(Refusal::Refused(Error::conflict(
+                        "draft-changed",
+                        "the draft changed while it was being sent; send it again",
+                    )));
+                }
             }
         }
-        if let Some(over) = count_send(tx, agent.id.as_str(), &s.policy, now).await? {
-            return Err(Refusal::OverCap(over));
+        // The caps, per agent, over the sends still standing, in order.
+        let mut agents: Vec<&str> = batch.iter().map(|s| s.agent.id.as_str()).collect();
+        agents.sort_unstable();
+        agents.dedup();
+        for agent in agents {
+            let standing: Vec<usize> = (0..batch.len())
+                .filter(|&i| batch[i].agent.id.as_str() == agent && verdicts[i].is_ok())
+                .collect();
+            let Some(&first) = standing.first() else {
+                continue;
+            };
+            let caps = count_sends(tx, agent, &batch[first].policy, standing.len(), now).await?;
+            for (i, cap) in standing.into_iter().zip(caps) {
+                if let Some(over) = cap {
+                    verdicts[i] = Err(Refusal::OverCap(over));
+                }
+            }
         }
-        Ok(())
+        Ok(verdicts)
     }
 
     /// Queues admitted sends to remote recipients together: their sent

@@ -130,51 +130,67 @@ pub(crate) struct Queued<'a> {
     pub message_id_header: &'a str,
 }
 
-/// Counts one send against the day and hour caps, inside `tx`; a send
-/// over a cap is refused and leaves the counters as they were.
-pub(crate) async fn count_send(
+/// Counts an agent's sends of one batch against its day and hour caps,
+/// inside `tx`, one statement per period: the counter grows by the number
+/// of sends, and when that passes the cap the batch's last sends are the
+/// ones over it; they are refused and taken off the counters again, so the
+/// counters hold exactly the accepted sends. Returns, per send in order,
+/// `None` (accepted) or the cap it hit.
+pub(crate) async fn count_sends(
     tx: &mut Tx,
     agent_id: &str,
     policy: &PolicySettings,
+    sends: usize,
     now: i64,
-) -> Result<Option<OverCap>> {
+) -> Result<Vec<Option<OverCap>>> {
     let (day, day_end) = day_key(now);
     let (hour, hour_end) = hour_key(now);
     let mut periods = vec![(day, policy.sends_per_day, day_end, "day")];
     if let Some(cap) = policy.sends_per_hour {
         periods.push((hour, cap, hour_end, "hour"));
     }
-    let mut counted: Vec<String> = Vec::with_capacity(periods.len());
-    for (key, cap, end, period) in periods {
+    let mut verdicts: Vec<Option<OverCap>> = (0..sends).map(|_| None).collect();
+    let mut accepted = sends as i64;
+    let mut counted: Vec<&str> = Vec::with_capacity(periods.len());
+    for (key, cap, end, period) in &periods {
+        if accepted == 0 {
+            break;
+        }
         let (count,): (i64,) = sqlx::query_as(
-            "INSERT INTO send_counters (agent_id, period, count) VALUES ($1, $2, 1) \
-             ON CONFLICT (agent_id, period) DO UPDATE SET count = send_counters.count + 1 RETURNING count",
+            "INSERT INTO send_counters (agent_id, period, count) VALUES ($1, $2, $3) \
+             ON CONFLICT (agent_id, period) DO UPDATE SET count = send_counters.count + $3 RETURNING count",
         )
         .bind(agent_id)
-        .bind(&key)
+        .bind(key)
+        .bind(accepted)
         .fetch_one(&mut **tx)
         .await?;
         counted.push(key);
-        if count > cap {
-            // A refused send is not counted: undo this send's increments
-            // (other sends share the transaction, so no rollback).
-            for key in &counted {
-                sqlx::query(
-                    "UPDATE send_counters SET count = count - 1 WHERE agent_id = $1 AND period = $2",
-                )
-                .bind(agent_id)
-                .bind(key)
-                .execute(&mut **tx)
-                .await?;
-            }
-            return Ok(Some(OverCap {
+        let over = (count - cap).clamp(0, accepted);
+        if over == 0 {
+            continue;
+        }
+        for v in verdicts[(accepted - over) as usize..accepted as usize].iter_mut() {
+            *v = Some(OverCap {
                 period,
-                cap,
+                cap: *cap,
                 retry_after_secs: ((end - now).max(0) as u64).div_ceil(1_000_000),
-            }));
+            });
+        }
+        accepted -= over;
+        // Refused sends are not counted, in this period or the earlier ones.
+        for key in &counted {
+            sqlx::query(
+                "UPDATE send_counters SET count = count - $1 WHERE agent_id = $2 AND period = $3",
+            )
+            .bind(over)
+            .bind(agent_id)
+            .bind(*key)
+            .execute(&mut **tx)
+            .await?;
         }
     }
-    Ok(None)
+    Ok(verdicts)
 }
 
 fn day_key(now: i64) -> (String, i64) {
