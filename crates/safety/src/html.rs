@@ -12,6 +12,9 @@ use crate::color::{ColorValue, ContrastCache, Rgba, parse_attr_color};
 use crate::css::{self, Decl, DisplayKind, Len, Position, Sheet, Val};
 use crate::findings::{Collector, truncate_bytes};
 use crate::sink::{Data, Dom, Element, NodeId};
+use html5ever::local_name;
+
+use crate::tag::{self, Kind, Tag};
 use crate::text::TextBuf;
 use crate::{FindingKind, Link, MAX_DOM_DEPTH, MAX_HTML_BYTES, links, risk, unicode};
 
@@ -149,7 +152,7 @@ fn collect_styles(doc: &Dom, location: &str, acc: &mut Collector) -> Sheet {
         let Some(el) = node.as_element() else {
             continue;
         };
-        if el.name() != "style" {
+        if el.name.local != local_name!("style") {
             continue;
         }
         let mut css = String::new();
@@ -314,22 +317,24 @@ struct Attrs<'a> {
 impl<'a> Attrs<'a> {
     fn read(el: &'a Element) -> Self {
         let mut a = Attrs::default();
-        for (k, v) in el.attrs() {
-            match k {
-                "style" => a.style = Some(v),
-                "hidden" => a.hidden = true,
-                "bgcolor" => a.bgcolor = Some(v),
-                "background" => a.background = Some(v),
-                "color" => a.color = Some(v),
-                "size" => a.size = Some(v),
-                "text" => a.text = Some(v),
-                "width" => a.width = Some(v),
-                "height" => a.height = Some(v),
-                "class" => a.class = Some(v),
-                "id" if a.id.is_none() => a.id = Some(v),
-                "type" => a.kind = Some(v),
-                "open" => a.open = true,
-                "href" => a.href = Some(v),
+        // Names are interned: comparing atoms is comparing the strings.
+        for attr in &el.attrs {
+            let v = &*attr.value;
+            match attr.name.local {
+                local_name!("style") => a.style = Some(v),
+                local_name!("hidden") => a.hidden = true,
+                local_name!("bgcolor") => a.bgcolor = Some(v),
+                local_name!("background") => a.background = Some(v),
+                local_name!("color") => a.color = Some(v),
+                local_name!("size") => a.size = Some(v),
+                local_name!("text") => a.text = Some(v),
+                local_name!("width") => a.width = Some(v),
+                local_name!("height") => a.height = Some(v),
+                local_name!("class") => a.class = Some(v),
+                local_name!("id") if a.id.is_none() => a.id = Some(v),
+                local_name!("type") => a.kind = Some(v),
+                local_name!("open") => a.open = true,
+                local_name!("href") => a.href = Some(v),
                 _ => {}
             }
         }
@@ -405,101 +410,6 @@ struct Walker<'a> {
     contrast: ContrastCache,
 }
 
-fn is_block(name: &str) -> bool {
-    matches!(
-        name,
-        "address"
-            | "article"
-            | "aside"
-            | "blockquote"
-            | "center"
-            | "dd"
-            | "details"
-            | "dialog"
-            | "div"
-            | "dl"
-            | "dt"
-            | "fieldset"
-            | "figcaption"
-            | "figure"
-            | "footer"
-            | "form"
-            | "h1"
-            | "h2"
-            | "h3"
-            | "h4"
-            | "h5"
-            | "h6"
-            | "header"
-            | "hr"
-            | "li"
-            | "main"
-            | "nav"
-            | "ol"
-            | "p"
-            | "pre"
-            | "section"
-            | "summary"
-            | "table"
-            | "tbody"
-            | "thead"
-            | "tfoot"
-            | "tr"
-            | "ul"
-            | "caption"
-            | "body"
-            | "html"
-            | "menu"
-            | "listing"
-            | "plaintext"
-            | "xmp"
-            | "legend"
-            | "col"
-            | "colgroup"
-    )
-}
-
-/// Elements whose content a mail client does not render as text.
-fn is_non_rendered(name: &str) -> bool {
-    matches!(
-        name,
-        "head"
-            | "script"
-            | "template"
-            | "noscript"
-            | "title"
-            | "meta"
-            | "link"
-            | "base"
-            | "iframe"
-            | "object"
-            | "embed"
-            | "frame"
-            | "frameset"
-            | "noembed"
-            | "noframes"
-            | "datalist"
-            | "param"
-            | "source"
-            | "track"
-            | "audio"
-            | "video"
-            | "canvas"
-            | "desc"
-            | "xml"
-            | "applet"
-    )
-}
-
-fn paragraph_breaks(name: &str) -> u8 {
-    match name {
-        "p" | "h1" | "h2" | "h3" | "h4" | "h5" | "h6" | "blockquote" | "ul" | "ol" | "pre"
-        | "hr" | "dl" | "table" => 2,
-        n if is_block(n) => 1,
-        _ => 0,
-    }
-}
-
 fn has_class(classes: &[&str], needle: &str) -> bool {
     classes.iter().any(|c| c.eq_ignore_ascii_case(needle))
 }
@@ -520,8 +430,8 @@ fn class_list<'e>(raw: Option<&'e str>, out: &mut Vec<&'e str>) {
 }
 
 /// Gmail, Apple Mail, Thunderbird, Yahoo and Proton quote containers.
-fn is_quote_container(name: &str, a: &Attrs<'_>, classes: &[&str]) -> bool {
-    if name == "blockquote" && a.kind.is_some_and(|t| t.eq_ignore_ascii_case("cite")) {
+fn is_quote_container(tag: Tag, a: &Attrs<'_>, classes: &[&str]) -> bool {
+    if tag.kind == Kind::Blockquote && a.kind.is_some_and(|t| t.eq_ignore_ascii_case("cite")) {
         return true;
     }
     classes.iter().any(|c| {
@@ -644,10 +554,11 @@ impl<'a> Walker<'a> {
                         }
                         continue;
                     }
-                    let (computed, info) = self.enter(id, el, parent);
+                    let tag = tag::of(&el.name.local);
+                    let (computed, info) = self.enter(id, el, tag, parent);
                     styles.push(computed);
                     stack.push(Frame::Exit(info));
-                    if el.name() == "style" {
+                    if tag.kind == Kind::Style {
                         continue; // already read into the sheet
                     }
                     for child in doc.children_rev(id) {
@@ -686,13 +597,14 @@ impl<'a> Walker<'a> {
         &mut self,
         id: NodeId,
         el: &'a Element,
+        tag: Tag,
         parent: &Computed,
     ) -> (Computed, ExitInfo<'a>) {
         let name = el.name();
         let attrs = Attrs::read(el);
         let mut classes = std::mem::take(&mut self.class_buf);
         class_list(attrs.class, &mut classes);
-        let spec = self.cascade(&attrs, &classes, id, name);
+        let spec = self.cascade(&attrs, &classes, id, name, tag);
         let mut c = *parent;
         c.closed_details = false;
         c.depth = parent.depth.saturating_add(1);
@@ -755,37 +667,37 @@ impl<'a> Walker<'a> {
         }
         if let Some(p) = spec.pre {
             c.pre = p;
-        } else if matches!(name, "pre" | "textarea" | "listing" | "plaintext" | "xmp") {
+        } else if tag.has(tag::PRE) {
             c.pre = true;
         }
         if let Some(ti) = spec.text_indent {
             c.text_indent = ti;
         }
-        if is_quote_container(name, &attrs, &classes) {
+        if is_quote_container(tag, &attrs, &classes) {
             c.quote = true;
         }
         if is_history_start(&attrs, &classes) {
             self.reply_cut = true;
         }
 
-        let display = spec.display.unwrap_or(if is_block(name) {
+        let display = spec.display.unwrap_or(if tag.has(tag::BLOCK) {
             DisplayKind::Block
-        } else if matches!(name, "td" | "th" | "img" | "button") {
+        } else if tag.has(tag::INLINE_BLOCK) {
             DisplayKind::InlineBlock
         } else {
             DisplayKind::Inline
         });
         if c.hidden.is_none() {
             c.hidden = self
-                .hiding_cause(&attrs, name, &spec, display, parent, &c)
+                .hiding_cause(&attrs, tag, &spec, display, parent, &c)
                 .map(|k| (k, id));
         }
-        if name == "details" && !attrs.open {
+        if tag.kind == Kind::Details && !attrs.open {
             c.closed_details = true;
         }
 
         if c.hidden.is_none() {
-            self.check_attributes(el, name, id);
+            self.check_attributes(el, tag, id);
         }
 
         let visible = c.hidden.is_none();
@@ -809,23 +721,23 @@ impl<'a> Walker<'a> {
         }
         if visible {
             let reply = self.reply_active(&c);
-            let n = paragraph_breaks(name);
+            let n = tag.breaks();
             if n > 0 || display == DisplayKind::Block {
                 let n = n.max(1);
                 self.emit(reply, |t| t.newline(n));
                 info.newlines = n;
             }
-            match name {
-                "br" => {
+            match tag.kind {
+                Kind::Br => {
                     self.emit(reply, TextBuf::br);
                 }
-                "li" => {
+                Kind::Li => {
                     self.emit(reply, |t| t.marker("- "));
                 }
-                "td" | "th" => {
+                Kind::Cell => {
                     self.emit(reply, TextBuf::space);
                 }
-                "a" => {
+                Kind::A => {
                     if let Some(href) = attrs.href {
                         info.link = Some((
                             self.text.len(),
@@ -846,18 +758,19 @@ impl<'a> Walker<'a> {
     fn hiding_cause(
         &self,
         el: &Attrs<'_>,
-        name: &str,
+        tag: Tag,
         spec: &Specified,
         display: DisplayKind,
         parent: &Computed,
         c: &Computed,
     ) -> Option<FindingKind> {
-        if parent.closed_details && name != "summary" {
+        if parent.closed_details && tag.kind != Kind::Summary {
             return Some(FindingKind::NonRenderedElement);
         }
-        if is_non_rendered(name)
-            || (name == "dialog" && !el.open)
-            || (name == "input" && el.kind.is_some_and(|t| t.eq_ignore_ascii_case("hidden")))
+        if tag.has(tag::NON_RENDERED)
+            || (tag.kind == Kind::Dialog && !el.open)
+            || (tag.kind == Kind::Input
+                && el.kind.is_some_and(|t| t.eq_ignore_ascii_case("hidden")))
         {
             return Some(FindingKind::NonRenderedElement);
         }
@@ -917,7 +830,7 @@ impl<'a> Walker<'a> {
                 return Some(FindingKind::ZeroSize);
             }
         }
-        if !matches!(name, "img" | "hr" | "col" | "colgroup" | "video" | "canvas")
+        if !tag.has(tag::SIZE_EXEMPT)
             && (el.width.is_some_and(attr_is_zero) || el.height.is_some_and(attr_is_zero))
         {
             return Some(FindingKind::ZeroSize);
@@ -938,7 +851,14 @@ impl<'a> Walker<'a> {
     }
 
     /// Presentational attributes, `<style>` rules and the inline `style`, in cascade order.
-    fn cascade(&mut self, a: &Attrs<'a>, classes: &[&str], id: NodeId, name: &str) -> Specified {
+    fn cascade(
+        &mut self,
+        a: &Attrs<'a>,
+        classes: &[&str],
+        id: NodeId,
+        name: &str,
+        tag: Tag,
+    ) -> Specified {
         let mut spec = Specified::default();
         // Presentational hints sit below every author rule.
         if a.hidden {
@@ -950,8 +870,8 @@ impl<'a> Walker<'a> {
         if a.background.is_some_and(|b| !b.trim().is_empty()) {
             spec.bg_image = Some(true);
         }
-        match name {
-            "font" => {
+        match tag.kind {
+            Kind::Font => {
                 if let Some(c) = a.color.and_then(parse_attr_color) {
                     spec.color = Some(ColorValue::Rgba(c));
                 }
@@ -959,7 +879,7 @@ impl<'a> Walker<'a> {
                     spec.font_size = Some(Len::Px(px));
                 }
             }
-            "body" => {
+            Kind::Body => {
                 if let Some(c) = a.text.and_then(parse_attr_color) {
                     spec.color = Some(ColorValue::Rgba(c));
                 }
@@ -1022,19 +942,32 @@ impl<'a> Walker<'a> {
     }
 
     /// `alt`/`title`/`aria-*` text is not rendered; report it when long or instruction-like.
-    fn check_attributes(&mut self, el: &Element, name: &str, id: NodeId) {
-        for (attr, value) in el.attrs() {
-            let relevant = matches!(
-                attr,
-                "alt"
-                    | "title"
-                    | "aria-label"
-                    | "aria-description"
-                    | "aria-roledescription"
-                    | "placeholder"
-                    | "summary"
-            ) || (name == "meta" && attr == "content")
-                || (attr.starts_with("data-") && value.len() >= 20);
+    fn check_attributes(&mut self, el: &Element, tag: Tag, id: NodeId) {
+        for a in &el.attrs {
+            let (attr, value) = (&*a.name.local, &*a.value);
+            let relevant = match a.name.local {
+                local_name!("alt")
+                | local_name!("title")
+                | local_name!("aria-label")
+                | local_name!("aria-roledescription")
+                | local_name!("placeholder")
+                | local_name!("summary") => true,
+                local_name!("content") => tag.kind == Kind::Meta,
+                // The attributes of ordinary markup, answered without comparing text.
+                local_name!("style")
+                | local_name!("class")
+                | local_name!("id")
+                | local_name!("href")
+                | local_name!("src")
+                | local_name!("width")
+                | local_name!("height")
+                | local_name!("align")
+                | local_name!("border")
+                | local_name!("role")
+                | local_name!("dir")
+                | local_name!("target") => false,
+                _ => attr == "aria-description" || (attr.starts_with("data-") && value.len() >= 20),
+            };
             if !relevant {
                 continue;
             }

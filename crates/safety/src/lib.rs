@@ -18,6 +18,7 @@ mod reply;
 mod risk;
 mod select;
 mod sink;
+mod tag;
 mod text;
 mod unicode;
 
