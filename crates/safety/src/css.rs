@@ -657,7 +657,8 @@ pub(crate) fn key_hash(kind: u8, name: &str) -> u64 {
 }
 
 /// Ancestor requirements of a selector with only descendant/child combinators.
-fn ancestor_keys(sel: &str) -> Vec<u64> {
+/// `kinds` records which kinds of key (tag, id, class) were produced.
+fn ancestor_keys(sel: &str, kinds: &mut [bool; 3]) -> Vec<u64> {
     let mut compounds: Vec<String> = Vec::new();
     let mut cur = String::new();
     let mut depth = 0i32;
@@ -687,16 +688,18 @@ fn ancestor_keys(sel: &str) -> Vec<u64> {
         let tag = ident_at(comp);
         if !tag.is_empty() {
             keys.push(key_hash(b't', tag));
+            kinds[0] = true;
         }
         for (i, ch) in comp.char_indices() {
-            let kind = match ch {
-                '#' => b'i',
-                '.' => b'c',
+            let (kind, k) = match ch {
+                '#' => (b'i', 1),
+                '.' => (b'c', 2),
                 _ => continue,
             };
             let name = ident_at(&comp[i + ch.len_utf8()..]);
             if !name.is_empty() {
                 keys.push(key_hash(kind, name));
+                kinds[k] = true;
             }
         }
         if keys.len() >= 6 {
@@ -738,6 +741,8 @@ pub(crate) struct Sheet {
     pub dropped: usize,
     /// Selectors that did not parse (unsupported pseudo-classes etc.).
     pub unsupported: usize,
+    /// Whether some rule's ancestor keys include tag, id, class keys (in that order).
+    ancestor_kinds: [bool; 3],
 }
 
 impl Sheet {
@@ -745,9 +750,10 @@ impl Sheet {
         self.rules.is_empty()
     }
 
-    /// True when some rule can only match below an ancestor with a given tag/class/id.
-    pub fn needs_ancestors(&self) -> bool {
-        self.rules.iter().any(|r| !r.ancestors.is_empty())
+    /// Whether some rule requires an ancestor tag, id, class key (see [`key_hash`]).
+    pub fn ancestor_kinds(&self) -> (bool, bool, bool) {
+        let [t, i, c] = self.ancestor_kinds;
+        (t, i, c)
     }
 
     /// Adds every rule of one `<style>` block.
@@ -822,7 +828,7 @@ impl Sheet {
                 specificity: specificity(sel),
                 order: idx as u32,
                 block,
-                ancestors: ancestor_keys(sel),
+                ancestors: ancestor_keys(sel, &mut self.ancestor_kinds),
             });
             used = true;
         }

@@ -8,6 +8,7 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
+use crate::ancestors::AncestorFilter;
 use crate::color::{ColorValue, ContrastCache, Rgba, parse_attr_color};
 use crate::css::{self, Decl, DisplayKind, Len, Position, Sheet, Val};
 use crate::findings::{Collector, truncate_bytes};
@@ -100,9 +101,7 @@ pub(crate) fn render(html: &str, location: &str, acc: &mut Collector) -> Rendere
         budget_hit: false,
         cand: Vec::new(),
         matched: Vec::new(),
-        ancestors: HashMap::default(),
-        key_stack: Vec::new(),
-        track_ancestors: sheet.needs_ancestors(),
+        ancestors: AncestorFilter::new(&sheet),
         style_cache: HashMap::default(),
         class_buf: Vec::new(),
         work: 0,
@@ -345,7 +344,7 @@ impl<'a> Attrs<'a> {
 /// What to do when leaving an element.
 struct ExitInfo<'a> {
     newlines: u8,
-    /// Start of the ancestor-filter keys this element pushed onto `Walker::key_stack`.
+    /// Mark of the ancestor-filter keys this element pushed (`AncestorFilter::leave`).
     keys_from: u32,
     /// Text offset where the link starts, whether the reply view saw it, and the target.
     link: Option<(usize, bool, &'a str, NodeId)>,
@@ -389,12 +388,8 @@ struct Walker<'a> {
     cand: Vec<usize>,
     /// Reused list of (specificity, order, block) of the rules the current element matched.
     matched: Vec<(u32, u32, usize)>,
-    /// Counts of tag/class/id keys on the current ancestor chain (for the rule pre-filter).
-    ancestors: HashMap<u64, u32>,
-    /// Keys pushed by the open elements, in order (each `ExitInfo` remembers where its own start).
-    key_stack: Vec<u64>,
-    /// Whether any rule has ancestor requirements (otherwise `ancestors` is never consulted).
-    track_ancestors: bool,
+    /// Keys of the open elements that rules require of an ancestor (`None`: no rule does).
+    ancestors: Option<AncestorFilter>,
     /// Parsed inline `style` declarations by attribute text (newsletters repeat a few dozen).
     style_cache: HashMap<&'a str, Rc<[Decl]>>,
     /// Reused list of the current element's classes.
@@ -703,21 +698,11 @@ impl<'a> Walker<'a> {
         let visible = c.hidden.is_none();
         let mut info = ExitInfo {
             newlines: 0,
-            keys_from: self.key_stack.len() as u32,
+            keys_from: 0,
             link: None,
         };
-        if self.track_ancestors {
-            let from = self.key_stack.len();
-            self.key_stack.push(css::key_hash(b't', name));
-            if let Some(i) = attrs.id {
-                self.key_stack.push(css::key_hash(b'i', i));
-            }
-            for c in &classes {
-                self.key_stack.push(css::key_hash(b'c', c));
-            }
-            for k in &self.key_stack[from..] {
-                *self.ancestors.entry(*k).or_insert(0) += 1;
-            }
+        if let Some(f) = &mut self.ancestors {
+            info.keys_from = f.enter(name, attrs.id, &classes);
         }
         if visible {
             let reply = self.reply_active(&c);
@@ -906,11 +891,7 @@ impl<'a> Walker<'a> {
                 let Some(rule) = self.sheet.rules.get(ri) else {
                     continue;
                 };
-                if rule
-                    .ancestors
-                    .iter()
-                    .any(|k| !self.ancestors.contains_key(k))
-                {
+                if self.ancestors.as_ref().is_some_and(|f| !f.satisfied(ri)) {
                     self.match_budget += 1; // rejected without running the matcher
                     continue;
                 }
@@ -987,16 +968,9 @@ impl<'a> Walker<'a> {
     }
 
     fn exit(&mut self, info: ExitInfo<'a>) {
-        let from = (info.keys_from as usize).min(self.key_stack.len());
-        for k in &self.key_stack[from..] {
-            if let Some(n) = self.ancestors.get_mut(k) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    self.ancestors.remove(k);
-                }
-            }
+        if let Some(f) = &mut self.ancestors {
+            f.leave(info.keys_from);
         }
-        self.key_stack.truncate(from);
         if let Some((start, in_reply, href, id)) = info.link {
             self.finish_link(start, in_reply, href, id);
         }

@@ -5,6 +5,7 @@
 //! and [`extract_codes`] (verification codes and sign-in links). All of them are
 //! pure functions: no I/O, bounded time and memory, and they never panic.
 
+mod ancestors;
 mod codes;
 mod color;
 mod css;
