@@ -765,22 +765,37 @@ impl Sheet {
     /// Candidate rules for an element (a superset of the matching ones).
     pub fn candidates(&self, tag: &str, id: Option<&str>, classes: &[&str], out: &mut Vec<usize>) {
         out.clear();
+        // Buckets that contributed: with one, the list is already sorted and distinct.
+        let mut sources = 0;
         if let Some(id) = id
+            && !self.by_id.is_empty()
             && let Some(v) = self.by_id.get(lower(id).as_ref())
         {
             out.extend_from_slice(v);
+            sources += 1;
         }
-        for c in classes.iter().take(16) {
-            if let Some(v) = self.by_class.get(lower(c).as_ref()) {
-                out.extend_from_slice(v);
+        if !self.by_class.is_empty() {
+            for c in classes.iter().take(16) {
+                if let Some(v) = self.by_class.get(lower(c).as_ref()) {
+                    out.extend_from_slice(v);
+                    sources += 1;
+                }
             }
         }
-        if let Some(v) = self.by_tag.get(tag) {
+        if !self.by_tag.is_empty()
+            && let Some(v) = self.by_tag.get(tag)
+        {
             out.extend_from_slice(v);
+            sources += 1;
         }
-        out.extend_from_slice(&self.universal);
-        out.sort_unstable();
-        out.dedup();
+        if !self.universal.is_empty() {
+            out.extend_from_slice(&self.universal);
+            sources += 1;
+        }
+        if sources > 1 {
+            out.sort_unstable();
+            out.dedup();
+        }
     }
 
     fn add_rule(&mut self, prelude: &str, decls: Vec<Decl>) {

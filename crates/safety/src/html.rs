@@ -457,6 +457,15 @@ fn is_history_start(a: &Attrs<'_>, classes: &[&str]) -> bool {
 }
 
 fn attr_is_zero(v: &str) -> bool {
+    // Common case first: `600`, `100%`, `24px` (a positive integer) without a float parse.
+    let b = v.as_bytes();
+    let digits = b.iter().take_while(|c| c.is_ascii_digit()).count();
+    if b.first().is_some_and(|&c| c != b'0')
+        && digits > 0
+        && matches!(&b[digits..], b"" | b"%" | b"px")
+    {
+        return false;
+    }
     let v = v.trim().trim_end_matches("px").trim_end_matches('%').trim();
     v.parse::<f32>().is_ok_and(|n| n <= 0.0)
 }
