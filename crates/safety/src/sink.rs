@@ -52,7 +52,7 @@ impl Element {
     pub fn id(&self) -> Option<&str> {
         self.attrs
             .iter()
-            .find(|a| &*a.name.local == "id")
+            .find(|a| a.name.local == local_name!("id"))
             .map(|a| &*a.value)
     }
 }
