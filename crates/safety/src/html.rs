@@ -559,8 +559,17 @@ impl<'a> Walker<'a> {
                         continue;
                     }
                     let tag = tag::of(&el.name.local);
-                    let (computed, info) = self.enter(id, el, tag, parent);
-                    styles.push(computed);
+                    // The element's state starts as a copy of its parent's, made in place.
+                    let n = styles.len();
+                    if n == 0 {
+                        continue;
+                    }
+                    styles.extend_from_within(n - 1..);
+                    let (done, new) = styles.split_at_mut(n);
+                    let (Some(parent), Some(c)) = (done.last(), new.first_mut()) else {
+                        continue;
+                    };
+                    let info = self.enter(id, el, tag, parent, c);
                     stack.push(Frame::Exit(info));
                     if tag.kind == Kind::Style {
                         continue; // already read into the sheet
@@ -603,13 +612,13 @@ impl<'a> Walker<'a> {
         el: &'a Element,
         tag: Tag,
         parent: &Computed,
-    ) -> (Computed, ExitInfo<'a>) {
+        c: &mut Computed,
+    ) -> ExitInfo<'a> {
         let name = el.name();
         let attrs = Attrs::read(el);
         let mut classes = std::mem::take(&mut self.class_buf);
         class_list(attrs.class, &mut classes);
         let spec = self.cascade(&attrs, &classes, id, name, tag);
-        let mut c = *parent;
         c.closed_details = false;
         c.depth = parent.depth.saturating_add(1);
 
@@ -693,7 +702,7 @@ impl<'a> Walker<'a> {
         });
         if c.hidden.is_none() {
             c.hidden = self
-                .hiding_cause(&attrs, tag, &spec, display, parent, &c)
+                .hiding_cause(&attrs, tag, &spec, display, parent, c)
                 .map(|k| (k, id));
         }
         if tag.kind == Kind::Details && !attrs.open {
@@ -714,7 +723,7 @@ impl<'a> Walker<'a> {
             info.keys_from = f.enter(name, attrs.id, &classes);
         }
         if visible {
-            let reply = self.reply_active(&c);
+            let reply = self.reply_active(c);
             let n = tag.breaks();
             if n > 0 || display == DisplayKind::Block {
                 let n = n.max(1);
@@ -745,7 +754,7 @@ impl<'a> Walker<'a> {
             }
         }
         self.class_buf = classes;
-        (c, info)
+        info
     }
 
     /// The reason this element hides its subtree, if any.
@@ -1044,18 +1053,16 @@ impl<'a> Walker<'a> {
     }
 
     fn on_text(&mut self, text: &str, st: &Computed, parent: Option<NodeId>) {
-        let st = if st.closed_details {
-            Computed {
-                hidden: Some((
-                    FindingKind::NonRenderedElement,
-                    parent.unwrap_or(st.font_src),
-                )),
-                ..*st
-            }
+        // Text directly inside a closed `<details>` is hidden by it before anything else.
+        let reason = if st.closed_details {
+            Some((
+                FindingKind::NonRenderedElement,
+                parent.unwrap_or(st.font_src),
+            ))
         } else {
-            *st
+            self.hidden_reason(st)
         };
-        if let Some((kind, anchor)) = self.hidden_reason(&st) {
+        if let Some((kind, anchor)) = reason {
             if text.trim().is_empty() {
                 return;
             }
@@ -1086,7 +1093,7 @@ impl<'a> Walker<'a> {
         } else {
             std::borrow::Cow::Borrowed(text)
         };
-        let to_reply = self.reply_active(&st);
+        let to_reply = self.reply_active(st);
         self.emit(to_reply, |t| t.text(&cleaned, st.pre));
     }
 
