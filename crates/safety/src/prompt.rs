@@ -42,6 +42,34 @@ fn match_at<'t>(re: &Regex, text: &'t str, i: usize) -> Option<&'t str> {
     {
         return None;
     }
+    // After `<` a match continues with white space, `/`, `|`, `<` or the first letter of
+    // `untrusted`/`system`/`assistant`/`user`/`instructions`/`tool_call`/`function_call`
+    // (only ASCII letters fold to these, bar `ſ`, which is not ASCII): link markers
+    // (`<https://…>`) are ruled out without the regex.
+    if b.get(i) == Some(&b'<')
+        && let Some(&next) = b.get(i + 1)
+        && next.is_ascii()
+        && !matches!(
+            next.to_ascii_lowercase(),
+            b'\t'
+                | b'\n'
+                | 0x0B
+                | 0x0C
+                | b'\r'
+                | b' '
+                | b'/'
+                | b'|'
+                | b'<'
+                | b'u'
+                | b's'
+                | b'a'
+                | b'i'
+                | b't'
+                | b'f'
+        )
+    {
+        return None;
+    }
     let m = re.find(text.get(i..)?)?;
     (!m.is_empty()).then_some(m.as_str())
 }
@@ -248,6 +276,40 @@ mod tests {
             for pad in 0..=2 * BLOCK {
                 let t = format!("{}{t}", "x".repeat(pad));
                 assert_eq!(neutralise(&t), reference(&t), "{t}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_byte_after_a_bracket_is_judged_like_find_iter() {
+        let re = Regex::new(LOOKALIKE).expect("pattern");
+        let words = [
+            "untrusted content>",
+            "system>",
+            "assistant>",
+            "user>",
+            "instructions>",
+            "tool_call>",
+            "function_calls>",
+            "sys>>",
+            "x|>",
+            "/system>",
+            " user>",
+            "https://example.com>",
+        ];
+        for c in (0..128u32)
+            .chain([0xA0, 0x17F, 0x2000, 0x3000])
+            .filter_map(char::from_u32)
+        {
+            for w in words {
+                for t in [
+                    format!("<{c}{w}"),
+                    format!("<{c}"),
+                    format!("a <{c}{}", &w[1..]),
+                ] {
+                    let expect = re.find_iter(&t).count() > 0;
+                    assert_eq!(neutralise(&t) != t, expect, "{t:?}");
+                }
             }
         }
     }
