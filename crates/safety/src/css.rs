@@ -726,6 +726,46 @@ fn lower(s: &str) -> Cow<'_, str> {
     }
 }
 
+/// Rule buckets by key: a short list searched by comparing strings while there are at most
+/// [`SMALL_BUCKETS`] keys (sheets file rules under a handful of tag names, and every element
+/// looks its own up: comparing a few short strings beats hashing), a hash map past that.
+#[derive(Default)]
+struct SmallBuckets {
+    small: Vec<(String, Vec<usize>)>,
+    large: HashMap<String, Vec<usize>>,
+}
+
+const SMALL_BUCKETS: usize = 16;
+
+impl SmallBuckets {
+    fn is_empty(&self) -> bool {
+        self.small.is_empty() && self.large.is_empty()
+    }
+
+    fn get(&self, key: &str) -> Option<&Vec<usize>> {
+        if self.large.is_empty() {
+            self.small.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+        } else {
+            self.large.get(key)
+        }
+    }
+
+    fn entry(&mut self, key: String) -> &mut Vec<usize> {
+        if self.large.is_empty() {
+            if let Some(i) = self.small.iter().position(|(k, _)| *k == key) {
+                return &mut self.small[i].1;
+            }
+            if self.small.len() < SMALL_BUCKETS {
+                self.small.push((key, Vec::new()));
+                let last = self.small.len() - 1;
+                return &mut self.small[last].1;
+            }
+            self.large.extend(self.small.drain(..));
+        }
+        self.large.entry(key).or_default()
+    }
+}
+
 /// All `<style>` rules of a document, indexed for bounded matching.
 #[derive(Default)]
 pub(crate) struct Sheet {
@@ -733,7 +773,7 @@ pub(crate) struct Sheet {
     pub blocks: Vec<Vec<Decl>>,
     by_id: HashMap<String, Vec<usize>>,
     by_class: HashMap<String, Vec<usize>>,
-    by_tag: HashMap<String, Vec<usize>>,
+    by_tag: SmallBuckets,
     universal: Vec<usize>,
     /// `content:` strings of `::before`/`::after` rules, with their selector.
     pub generated: Vec<(String, String)>,
@@ -830,7 +870,7 @@ impl Sheet {
             let (bucket, cap) = match key {
                 Key::Id(k) => (self.by_id.entry(k).or_default(), MAX_BUCKET),
                 Key::Class(k) => (self.by_class.entry(k).or_default(), MAX_BUCKET),
-                Key::Tag(k) => (self.by_tag.entry(k).or_default(), MAX_BUCKET),
+                Key::Tag(k) => (self.by_tag.entry(k), MAX_BUCKET),
                 Key::Universal => (&mut self.universal, MAX_UNIVERSAL_RULES),
             };
             if bucket.len() >= cap {
@@ -1140,6 +1180,21 @@ fn specificity(sel: &str) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_buckets_keep_their_rules_past_the_switch_to_a_map() {
+        let mut b = SmallBuckets::default();
+        for i in 0..3 * SMALL_BUCKETS {
+            b.entry(format!("t{}", i % (2 * SMALL_BUCKETS))).push(i);
+        }
+        for k in 0..2 * SMALL_BUCKETS {
+            let want: Vec<usize> = (0..3 * SMALL_BUCKETS)
+                .filter(|i| i % (2 * SMALL_BUCKETS) == k)
+                .collect();
+            assert_eq!(b.get(&format!("t{k}")), Some(&want));
+        }
+        assert_eq!(b.get("t99"), None);
+    }
 
     #[test]
     fn declarations_with_important() {
