@@ -368,7 +368,7 @@ pub(crate) mod tests {
                     let s = format!("{a}{b}{c}");
                     let (mut fast, mut slow) = (TextBuf::default(), TextBuf::default());
                     for t in [&mut fast, &mut slow] {
-                        t.out.push_str("w");
+                        t.out.push('w');
                     }
                     fast.text(&s, false);
                     reference(&mut slow, &s);
