@@ -267,8 +267,13 @@ struct Compiled {
     /// All patterns at once.
     set: RegexSet,
     each: Vec<(Category, Regex)>,
-    /// Finds every keyword of [`REQUIRED`]; pattern ids index `keywords`.
+    /// Finds every keyword of [`REQUIRED`] longer than one byte; `finder_ids` maps its
+    /// pattern ids to keyword ids.
     keyword_finder: aho_corasick::AhoCorasick,
+    finder_ids: Vec<usize>,
+    /// One-byte keywords (`:`, `{`, `<`) and their ids: CSS and markup-like text is full of
+    /// them, and a byte search per keyword is cheaper than an overlapping match each.
+    single: Vec<(u8, usize)>,
     /// Per pattern: one bit set per group, with a bit for each of its keywords (ids of the
     /// finder's patterns); the pattern can match only if every group meets the keywords seen.
     required: Vec<Vec<KeywordSet>>,
@@ -315,15 +320,28 @@ static COMPILED: LazyLock<Option<Compiled>> = LazyLock::new(|| {
         }
         required.push(sets);
     }
+    let (mut finder_ids, mut multi, mut single) = (Vec::new(), Vec::new(), Vec::new());
+    for (id, kw) in keywords.iter().enumerate() {
+        match kw.as_bytes() {
+            // No ASCII case to fold: the three are punctuation.
+            [b] if !b.is_ascii_alphabetic() => single.push((*b, id)),
+            _ => {
+                finder_ids.push(id);
+                multi.push(*kw);
+            }
+        }
+    }
     let keyword_finder = aho_corasick::AhoCorasick::builder()
         .ascii_case_insensitive(true)
         .kind(Some(aho_corasick::AhoCorasickKind::DFA))
-        .build(&keywords)
+        .build(&multi)
         .ok()?;
     Some(Compiled {
         set,
         each,
         keyword_finder,
+        finder_ids,
+        single,
         required,
     })
 });
@@ -347,10 +365,19 @@ impl Compiled {
             return;
         }
         let mut present: KeywordSet = [0; MAX_KEYWORDS / 64];
-        for m in self.keyword_finder.find_overlapping_iter(text) {
-            let k = m.pattern().as_usize();
+        let mut mark = |k: usize| {
             if let Some(w) = present.get_mut(k / 64) {
                 *w |= 1 << (k % 64);
+            }
+        };
+        for m in self.keyword_finder.find_overlapping_iter(text) {
+            if let Some(&k) = self.finder_ids.get(m.pattern().as_usize()) {
+                mark(k);
+            }
+        }
+        for &(b, k) in &self.single {
+            if memchr::memchr(b, text.as_bytes()).is_some() {
+                mark(k);
             }
         }
         for (idx, groups) in self.required.iter().enumerate() {
