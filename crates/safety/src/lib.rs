@@ -248,7 +248,7 @@ pub(crate) fn finish(
     subject: Option<String>,
 ) -> SafeView {
     let risk = risk::assess(&out.text, &acc, subject.as_deref());
-    let reply_text = reply::strip_quoted(&out.reply);
+    let reply_text = reply::strip_quoted(out.reply);
     let findings = acc.into_findings();
     let prompt_text = prompt::wrap(
         &out.text,

@@ -134,17 +134,17 @@ fn survey(text: &str) -> (bool, bool) {
 }
 
 /// The new part of a message: quoted history removed.
-pub(crate) fn strip_quoted(text: &str) -> String {
-    let (may_quote, tidy) = survey(text);
+pub(crate) fn strip_quoted(text: String) -> String {
+    let (may_quote, tidy) = survey(&text);
     if !may_quote {
-        // Every line is kept (see the loop below): the same result without splitting lines
+        // Every line is kept (see `strip_lines`): the same result without splitting lines
         // or searching for attribution verbs.
         if tidy {
-            return text.to_string();
+            return text;
         }
-        return crate::text::tidy(text);
+        return crate::text::tidy(&text);
     }
-    strip_lines(text)
+    strip_lines(&text)
 }
 
 /// [`strip_quoted`], line by line.
@@ -257,22 +257,22 @@ mod tests {
             }
         }
         for t in &texts {
-            assert_eq!(strip_quoted(t), strip_lines(t), "{t:?}");
+            assert_eq!(strip_quoted(t.clone()), strip_lines(t), "{t:?}");
         }
     }
 
     #[test]
     fn strips_gmail_style() {
         let t = "Sounds good!\n\nOn Mon, 3 Mar 2025 at 10:00, Bob <bob@example.com> wrote:\n> earlier\n> text";
-        assert_eq!(strip_quoted(t), "Sounds good!");
+        assert_eq!(strip_quoted(t.to_string()), "Sounds good!");
     }
 
     #[test]
     fn strips_outlook_block() {
         let t = "Yes.\n\nFrom: Bob\nSent: Monday\nTo: Alice\nSubject: Re: x\n\nold";
-        assert_eq!(strip_quoted(t), "Yes.");
+        assert_eq!(strip_quoted(t.to_string()), "Yes.");
         let t = "Yes.\n-----Original Message-----\nFrom: Bob";
-        assert_eq!(strip_quoted(t), "Yes.");
+        assert_eq!(strip_quoted(t.to_string()), "Yes.");
     }
 
     #[test]
@@ -293,7 +293,7 @@ mod tests {
         for &t in crate::text::tests::TIDY_EDGE_CASES {
             let lines: Vec<&str> = t.lines().collect();
             assert_eq!(
-                strip_quoted(t),
+                strip_quoted(t.to_string()),
                 crate::text::tidy(&lines.join("\n")),
                 "{t:?}"
             );
@@ -303,6 +303,6 @@ mod tests {
     #[test]
     fn keeps_interleaved_answers() {
         let t = "> question one\nanswer one\n> question two\nanswer two";
-        assert_eq!(strip_quoted(t), "answer one\nanswer two");
+        assert_eq!(strip_quoted(t.to_string()), "answer one\nanswer two");
     }
 }
