@@ -548,14 +548,7 @@ impl<'a> Walker<'a> {
                 Data::Comment(c) => self.on_comment(c, node.parent()),
                 Data::Element(el) => {
                     if styles.len() > MAX_DOM_DEPTH {
-                        if !self.depth_hit {
-                            self.depth_hit = true;
-                            self.acc.note(
-                                FindingKind::Truncated,
-                                format!("elements nested deeper than {MAX_DOM_DEPTH} dropped"),
-                                &self.path(id),
-                            );
-                        }
+                        self.too_deep(id);
                         continue;
                     }
                     let tag = tag::of(&el.name.local);
@@ -587,6 +580,20 @@ impl<'a> Walker<'a> {
             }
         }
         false
+    }
+
+    /// An element nested deeper than [`MAX_DOM_DEPTH`]: dropped, reported once.
+    #[cold]
+    #[inline(never)]
+    fn too_deep(&mut self, id: NodeId) {
+        if !self.depth_hit {
+            self.depth_hit = true;
+            self.acc.note(
+                FindingKind::Truncated,
+                format!("elements nested deeper than {MAX_DOM_DEPTH} dropped"),
+                &self.path(id),
+            );
+        }
     }
 
     /// Applies `f` to the visible text, and to the reply text too when `to_reply`.
@@ -975,14 +982,20 @@ impl<'a> Walker<'a> {
                 continue;
             }
             if value.len() >= 80 || risk::scan(value).is_some() {
-                let loc = self.path(id);
-                self.acc.removed(
-                    FindingKind::NonRenderedAttribute,
-                    &format!("{attr}=\"{value}\""),
-                    &loc,
-                );
+                self.report_attribute(attr, value, id);
             }
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn report_attribute(&mut self, attr: &str, value: &str, id: NodeId) {
+        let loc = self.path(id);
+        self.acc.removed(
+            FindingKind::NonRenderedAttribute,
+            &format!("{attr}=\"{value}\""),
+            &loc,
+        );
     }
 
     fn exit(&mut self, info: ExitInfo<'a>) {
@@ -1063,33 +1076,14 @@ impl<'a> Walker<'a> {
             self.hidden_reason(st)
         };
         if let Some((kind, anchor)) = reason {
-            if text.trim().is_empty() {
-                return;
-            }
-            match &mut self.hidden {
-                Some(h) if h.anchor == anchor && h.kind == kind => {
-                    if h.text.len() < 64 * 1024 {
-                        h.text.push(' ');
-                        h.text.push_str(truncate_bytes(text, 64 * 1024));
-                    }
-                }
-                _ => {
-                    self.flush_hidden();
-                    self.hidden = Some(HiddenBuf {
-                        kind,
-                        anchor,
-                        text: truncate_bytes(text, 64 * 1024).to_string(),
-                    });
-                }
-            }
+            self.hide_text(kind, anchor, text);
             return;
         }
-        if !text.trim().is_empty() {
+        if self.hidden.is_some() && !text.trim().is_empty() {
             self.flush_hidden();
         }
         let cleaned = if unicode::needs_cleaning(text) {
-            let loc = parent.map(|p| self.path(p)).unwrap_or_default();
-            unicode::clean(text, &loc, self.acc)
+            self.clean_text(text, parent)
         } else {
             std::borrow::Cow::Borrowed(text)
         };
@@ -1097,6 +1091,45 @@ impl<'a> Walker<'a> {
         self.emit(to_reply, |t| t.text(&cleaned, st.pre));
     }
 
+    /// Text with invisible or control characters: cleaned, with findings.
+    #[cold]
+    #[inline(never)]
+    fn clean_text<'t>(
+        &mut self,
+        text: &'t str,
+        parent: Option<NodeId>,
+    ) -> std::borrow::Cow<'t, str> {
+        let loc = parent.map(|p| self.path(p)).unwrap_or_default();
+        unicode::clean(text, &loc, self.acc)
+    }
+
+    /// Hidden text: buffered, so that adjacent pieces hidden by the same element make one
+    /// finding. Kept out of the walk's hot path (most text is visible).
+    #[cold]
+    #[inline(never)]
+    fn hide_text(&mut self, kind: FindingKind, anchor: NodeId, text: &str) {
+        if text.trim().is_empty() {
+            return;
+        }
+        match &mut self.hidden {
+            Some(h) if h.anchor == anchor && h.kind == kind => {
+                if h.text.len() < 64 * 1024 {
+                    h.text.push(' ');
+                    h.text.push_str(truncate_bytes(text, 64 * 1024));
+                }
+            }
+            _ => {
+                self.flush_hidden();
+                self.hidden = Some(HiddenBuf {
+                    kind,
+                    anchor,
+                    text: truncate_bytes(text, 64 * 1024).to_string(),
+                });
+            }
+        }
+    }
+
+    #[inline(never)]
     fn on_comment(&mut self, comment: &str, parent: Option<NodeId>) {
         let body = comment.trim();
         if body.is_empty() {
@@ -1127,6 +1160,7 @@ impl<'a> Walker<'a> {
         self.acc.removed(kind, text, &loc);
     }
 
+    #[inline(never)]
     fn flush_hidden(&mut self) {
         if let Some(h) = self.hidden.take() {
             let loc = self.path(h.anchor);
