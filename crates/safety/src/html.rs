@@ -151,7 +151,7 @@ fn collect_styles(doc: &Dom, location: &str, acc: &mut Collector) -> Sheet {
         let Some(el) = node.as_element() else {
             continue;
         };
-        if el.name.local != local_name!("style") {
+        if el.local != local_name!("style") {
             continue;
         }
         let mut css = String::new();
@@ -551,7 +551,7 @@ impl<'a> Walker<'a> {
                         self.too_deep(id);
                         continue;
                     }
-                    let tag = tag::of(&el.name.local);
+                    let tag = tag::of(&el.local);
                     // The element's state starts as a copy of its parent's, made in place.
                     let n = styles.len();
                     if n == 0 {

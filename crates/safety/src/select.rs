@@ -556,7 +556,7 @@ impl Cx<'_> {
             return false;
         };
         match s {
-            Simple::Tag(name, lower) => el.name.local == *if el.is_html() { lower } else { name },
+            Simple::Tag(name, lower) => el.local == *if el.is_html() { lower } else { name },
             Simple::Id(want) => el.id() == Some(want.as_str()),
             Simple::Class(want) => el
                 .attrs
@@ -597,7 +597,7 @@ impl Cx<'_> {
                 || self
                     .dom
                     .element(x)
-                    .is_some_and(|o| o.name.local == el.name.local && o.name.ns == el.name.ns)
+                    .is_some_and(|o| o.local == el.local && o.ns == el.ns)
         };
         let mut index: i64 = 1;
         let mut cur = if from_end {
