@@ -62,6 +62,7 @@ impl AncestorFilter {
         })
     }
 
+    #[inline(never)]
     fn push_key(&mut self, key: u64) {
         if let Ok(i) = self.keys.binary_search_by_key(&key, |&(k, _)| k) {
             let slot = self.keys[i].1;
@@ -71,6 +72,7 @@ impl AncestorFilter {
     }
 
     /// Records an element being entered; returns the mark to pass to [`Self::leave`].
+    #[inline]
     pub fn enter(&mut self, name: &str, id: Option<&str>, classes: &[&str]) -> u32 {
         let mark = self.stack.len() as u32;
         if self.want_tag {
@@ -90,6 +92,7 @@ impl AncestorFilter {
     }
 
     /// Forgets the keys of the element that [`Self::enter`] returned `mark` for.
+    #[inline]
     pub fn leave(&mut self, mark: u32) {
         let from = (mark as usize).min(self.stack.len());
         for &s in &self.stack[from..] {
