@@ -350,9 +350,11 @@ struct ExitInfo<'a> {
     link: Option<(usize, bool, &'a str, NodeId)>,
 }
 
-enum Frame<'a> {
+/// The walk's work list: nodes to enter, and element ends (whose `ExitInfo` waits on a
+/// stack of its own, so that the many `Enter` frames stay 8 bytes).
+enum Frame {
     Enter(NodeId),
-    Exit(ExitInfo<'a>),
+    Exit,
 }
 
 struct HiddenBuf {
@@ -519,13 +521,16 @@ impl<'a> Walker<'a> {
         };
         let mut styles: Vec<Computed> = vec![root_style];
         let mut stack: Vec<Frame> = Vec::with_capacity(256);
+        let mut exits: Vec<ExitInfo> = Vec::with_capacity(64);
         for child in self.doc.children_rev(root) {
             stack.push(Frame::Enter(child));
         }
         while let Some(frame) = stack.pop() {
             let id = match frame {
-                Frame::Exit(info) => {
-                    self.exit(info);
+                Frame::Exit => {
+                    if let Some(info) = exits.pop() {
+                        self.exit(info);
+                    }
                     styles.pop();
                     continue;
                 }
@@ -563,7 +568,8 @@ impl<'a> Walker<'a> {
                         continue;
                     };
                     let info = self.enter(id, el, tag, parent, c);
-                    stack.push(Frame::Exit(info));
+                    exits.push(info);
+                    stack.push(Frame::Exit);
                     if tag.kind == Kind::Style {
                         continue; // already read into the sheet
                     }
