@@ -657,7 +657,8 @@ pub(crate) fn key_hash(kind: u8, name: &str) -> u64 {
 }
 
 /// Ancestor requirements of a selector with only descendant/child combinators.
-fn ancestor_keys(sel: &str) -> Vec<u64> {
+/// `kinds` records which kinds of key (tag, id, class) were produced.
+fn ancestor_keys(sel: &str, kinds: &mut [bool; 3]) -> Vec<u64> {
     let mut compounds: Vec<String> = Vec::new();
     let mut cur = String::new();
     let mut depth = 0i32;
@@ -687,16 +688,18 @@ fn ancestor_keys(sel: &str) -> Vec<u64> {
         let tag = ident_at(comp);
         if !tag.is_empty() {
             keys.push(key_hash(b't', tag));
+            kinds[0] = true;
         }
         for (i, ch) in comp.char_indices() {
-            let kind = match ch {
-                '#' => b'i',
-                '.' => b'c',
+            let (kind, k) = match ch {
+                '#' => (b'i', 1),
+                '.' => (b'c', 2),
                 _ => continue,
             };
             let name = ident_at(&comp[i + ch.len_utf8()..]);
             if !name.is_empty() {
                 keys.push(key_hash(kind, name));
+                kinds[k] = true;
             }
         }
         if keys.len() >= 6 {
@@ -723,6 +726,46 @@ fn lower(s: &str) -> Cow<'_, str> {
     }
 }
 
+/// Rule buckets by key: a short list searched by comparing strings while there are at most
+/// [`SMALL_BUCKETS`] keys (sheets file rules under a handful of tag names, and every element
+/// looks its own up: comparing a few short strings beats hashing), a hash map past that.
+#[derive(Default)]
+struct SmallBuckets {
+    small: Vec<(String, Vec<usize>)>,
+    large: HashMap<String, Vec<usize>>,
+}
+
+const SMALL_BUCKETS: usize = 16;
+
+impl SmallBuckets {
+    fn is_empty(&self) -> bool {
+        self.small.is_empty() && self.large.is_empty()
+    }
+
+    fn get(&self, key: &str) -> Option<&Vec<usize>> {
+        if self.large.is_empty() {
+            self.small.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+        } else {
+            self.large.get(key)
+        }
+    }
+
+    fn entry(&mut self, key: String) -> &mut Vec<usize> {
+        if self.large.is_empty() {
+            if let Some(i) = self.small.iter().position(|(k, _)| *k == key) {
+                return &mut self.small[i].1;
+            }
+            if self.small.len() < SMALL_BUCKETS {
+                self.small.push((key, Vec::new()));
+                let last = self.small.len() - 1;
+                return &mut self.small[last].1;
+            }
+            self.large.extend(self.small.drain(..));
+        }
+        self.large.entry(key).or_default()
+    }
+}
+
 /// All `<style>` rules of a document, indexed for bounded matching.
 #[derive(Default)]
 pub(crate) struct Sheet {
@@ -730,7 +773,7 @@ pub(crate) struct Sheet {
     pub blocks: Vec<Vec<Decl>>,
     by_id: HashMap<String, Vec<usize>>,
     by_class: HashMap<String, Vec<usize>>,
-    by_tag: HashMap<String, Vec<usize>>,
+    by_tag: SmallBuckets,
     universal: Vec<usize>,
     /// `content:` strings of `::before`/`::after` rules, with their selector.
     pub generated: Vec<(String, String)>,
@@ -738,6 +781,8 @@ pub(crate) struct Sheet {
     pub dropped: usize,
     /// Selectors that did not parse (unsupported pseudo-classes etc.).
     pub unsupported: usize,
+    /// Whether some rule's ancestor keys include tag, id, class keys (in that order).
+    ancestor_kinds: [bool; 3],
 }
 
 impl Sheet {
@@ -745,9 +790,10 @@ impl Sheet {
         self.rules.is_empty()
     }
 
-    /// True when some rule can only match below an ancestor with a given tag/class/id.
-    pub fn needs_ancestors(&self) -> bool {
-        self.rules.iter().any(|r| !r.ancestors.is_empty())
+    /// Whether some rule requires an ancestor tag, id, class key (see [`key_hash`]).
+    pub fn ancestor_kinds(&self) -> (bool, bool, bool) {
+        let [t, i, c] = self.ancestor_kinds;
+        (t, i, c)
     }
 
     /// Adds every rule of one `<style>` block.
@@ -759,22 +805,37 @@ impl Sheet {
     /// Candidate rules for an element (a superset of the matching ones).
     pub fn candidates(&self, tag: &str, id: Option<&str>, classes: &[&str], out: &mut Vec<usize>) {
         out.clear();
+        // Buckets that contributed: with one, the list is already sorted and distinct.
+        let mut sources = 0;
         if let Some(id) = id
+            && !self.by_id.is_empty()
             && let Some(v) = self.by_id.get(lower(id).as_ref())
         {
             out.extend_from_slice(v);
+            sources += 1;
         }
-        for c in classes.iter().take(16) {
-            if let Some(v) = self.by_class.get(lower(c).as_ref()) {
-                out.extend_from_slice(v);
+        if !self.by_class.is_empty() {
+            for c in classes.iter().take(16) {
+                if let Some(v) = self.by_class.get(lower(c).as_ref()) {
+                    out.extend_from_slice(v);
+                    sources += 1;
+                }
             }
         }
-        if let Some(v) = self.by_tag.get(tag) {
+        if !self.by_tag.is_empty()
+            && let Some(v) = self.by_tag.get(tag)
+        {
             out.extend_from_slice(v);
+            sources += 1;
         }
-        out.extend_from_slice(&self.universal);
-        out.sort_unstable();
-        out.dedup();
+        if !self.universal.is_empty() {
+            out.extend_from_slice(&self.universal);
+            sources += 1;
+        }
+        if sources > 1 {
+            out.sort_unstable();
+            out.dedup();
+        }
     }
 
     fn add_rule(&mut self, prelude: &str, decls: Vec<Decl>) {
@@ -809,7 +870,7 @@ impl Sheet {
             let (bucket, cap) = match key {
                 Key::Id(k) => (self.by_id.entry(k).or_default(), MAX_BUCKET),
                 Key::Class(k) => (self.by_class.entry(k).or_default(), MAX_BUCKET),
-                Key::Tag(k) => (self.by_tag.entry(k).or_default(), MAX_BUCKET),
+                Key::Tag(k) => (self.by_tag.entry(k), MAX_BUCKET),
                 Key::Universal => (&mut self.universal, MAX_UNIVERSAL_RULES),
             };
             if bucket.len() >= cap {
@@ -822,7 +883,7 @@ impl Sheet {
                 specificity: specificity(sel),
                 order: idx as u32,
                 block,
-                ancestors: ancestor_keys(sel),
+                ancestors: ancestor_keys(sel, &mut self.ancestor_kinds),
             });
             used = true;
         }
@@ -1119,6 +1180,21 @@ fn specificity(sel: &str) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_buckets_keep_their_rules_past_the_switch_to_a_map() {
+        let mut b = SmallBuckets::default();
+        for i in 0..3 * SMALL_BUCKETS {
+            b.entry(format!("t{}", i % (2 * SMALL_BUCKETS))).push(i);
+        }
+        for k in 0..2 * SMALL_BUCKETS {
+            let want: Vec<usize> = (0..3 * SMALL_BUCKETS)
+                .filter(|i| i % (2 * SMALL_BUCKETS) == k)
+                .collect();
+            assert_eq!(b.get(&format!("t{k}")), Some(&want));
+        }
+        assert_eq!(b.get("t99"), None);
+    }
 
     #[test]
     fn declarations_with_important() {

@@ -8,10 +8,14 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
+use crate::ancestors::AncestorFilter;
 use crate::color::{ColorValue, ContrastCache, Rgba, parse_attr_color};
 use crate::css::{self, Decl, DisplayKind, Len, Position, Sheet, Val};
 use crate::findings::{Collector, truncate_bytes};
 use crate::sink::{Data, Dom, Element, NodeId};
+use html5ever::local_name;
+
+use crate::tag::{self, Kind, Tag};
 use crate::text::TextBuf;
 use crate::{FindingKind, Link, MAX_DOM_DEPTH, MAX_HTML_BYTES, links, risk, unicode};
 
@@ -97,9 +101,7 @@ pub(crate) fn render(html: &str, location: &str, acc: &mut Collector) -> Rendere
         budget_hit: false,
         cand: Vec::new(),
         matched: Vec::new(),
-        ancestors: HashMap::default(),
-        key_stack: Vec::new(),
-        track_ancestors: sheet.needs_ancestors(),
+        ancestors: AncestorFilter::new(&sheet),
         style_cache: HashMap::default(),
         class_buf: Vec::new(),
         work: 0,
@@ -149,7 +151,7 @@ fn collect_styles(doc: &Dom, location: &str, acc: &mut Collector) -> Sheet {
         let Some(el) = node.as_element() else {
             continue;
         };
-        if el.name() != "style" {
+        if el.local != local_name!("style") {
             continue;
         }
         let mut css = String::new();
@@ -314,22 +316,24 @@ struct Attrs<'a> {
 impl<'a> Attrs<'a> {
     fn read(el: &'a Element) -> Self {
         let mut a = Attrs::default();
-        for (k, v) in el.attrs() {
-            match k {
-                "style" => a.style = Some(v),
-                "hidden" => a.hidden = true,
-                "bgcolor" => a.bgcolor = Some(v),
-                "background" => a.background = Some(v),
-                "color" => a.color = Some(v),
-                "size" => a.size = Some(v),
-                "text" => a.text = Some(v),
-                "width" => a.width = Some(v),
-                "height" => a.height = Some(v),
-                "class" => a.class = Some(v),
-                "id" if a.id.is_none() => a.id = Some(v),
-                "type" => a.kind = Some(v),
-                "open" => a.open = true,
-                "href" => a.href = Some(v),
+        // Names are interned: comparing atoms is comparing the strings.
+        for attr in &el.attrs {
+            let v = &*attr.value;
+            match attr.name.local {
+                local_name!("style") => a.style = Some(v),
+                local_name!("hidden") => a.hidden = true,
+                local_name!("bgcolor") => a.bgcolor = Some(v),
+                local_name!("background") => a.background = Some(v),
+                local_name!("color") => a.color = Some(v),
+                local_name!("size") => a.size = Some(v),
+                local_name!("text") => a.text = Some(v),
+                local_name!("width") => a.width = Some(v),
+                local_name!("height") => a.height = Some(v),
+                local_name!("class") => a.class = Some(v),
+                local_name!("id") if a.id.is_none() => a.id = Some(v),
+                local_name!("type") => a.kind = Some(v),
+                local_name!("open") => a.open = true,
+                local_name!("href") => a.href = Some(v),
                 _ => {}
             }
         }
@@ -340,15 +344,17 @@ impl<'a> Attrs<'a> {
 /// What to do when leaving an element.
 struct ExitInfo<'a> {
     newlines: u8,
-    /// Start of the ancestor-filter keys this element pushed onto `Walker::key_stack`.
+    /// Mark of the ancestor-filter keys this element pushed (`AncestorFilter::leave`).
     keys_from: u32,
     /// Text offset where the link starts, whether the reply view saw it, and the target.
     link: Option<(usize, bool, &'a str, NodeId)>,
 }
 
-enum Frame<'a> {
+/// The walk's work list: nodes to enter, and element ends (whose `ExitInfo` waits on a
+/// stack of its own, so that the many `Enter` frames stay 8 bytes).
+enum Frame {
     Enter(NodeId),
-    Exit(ExitInfo<'a>),
+    Exit,
 }
 
 struct HiddenBuf {
@@ -384,12 +390,8 @@ struct Walker<'a> {
     cand: Vec<usize>,
     /// Reused list of (specificity, order, block) of the rules the current element matched.
     matched: Vec<(u32, u32, usize)>,
-    /// Counts of tag/class/id keys on the current ancestor chain (for the rule pre-filter).
-    ancestors: HashMap<u64, u32>,
-    /// Keys pushed by the open elements, in order (each `ExitInfo` remembers where its own start).
-    key_stack: Vec<u64>,
-    /// Whether any rule has ancestor requirements (otherwise `ancestors` is never consulted).
-    track_ancestors: bool,
+    /// Keys of the open elements that rules require of an ancestor (`None`: no rule does).
+    ancestors: Option<AncestorFilter>,
     /// Parsed inline `style` declarations by attribute text (newsletters repeat a few dozen).
     style_cache: HashMap<&'a str, Rc<[Decl]>>,
     /// Reused list of the current element's classes.
@@ -403,101 +405,6 @@ struct Walker<'a> {
     marker_buf: String,
     /// Recent contrast ratios (colour pairs repeat from element to element).
     contrast: ContrastCache,
-}
-
-fn is_block(name: &str) -> bool {
-    matches!(
-        name,
-        "address"
-            | "article"
-            | "aside"
-            | "blockquote"
-            | "center"
-            | "dd"
-            | "details"
-            | "dialog"
-            | "div"
-            | "dl"
-            | "dt"
-            | "fieldset"
-            | "figcaption"
-            | "figure"
-            | "footer"
-            | "form"
-            | "h1"
-            | "h2"
-            | "h3"
-            | "h4"
-            | "h5"
-            | "h6"
-            | "header"
-            | "hr"
-            | "li"
-            | "main"
-            | "nav"
-            | "ol"
-            | "p"
-            | "pre"
-            | "section"
-            | "summary"
-            | "table"
-            | "tbody"
-            | "thead"
-            | "tfoot"
-            | "tr"
-            | "ul"
-            | "caption"
-            | "body"
-            | "html"
-            | "menu"
-            | "listing"
-            | "plaintext"
-            | "xmp"
-            | "legend"
-            | "col"
-            | "colgroup"
-    )
-}
-
-/// Elements whose content a mail client does not render as text.
-fn is_non_rendered(name: &str) -> bool {
-    matches!(
-        name,
-        "head"
-            | "script"
-            | "template"
-            | "noscript"
-            | "title"
-            | "meta"
-            | "link"
-            | "base"
-            | "iframe"
-            | "object"
-            | "embed"
-            | "frame"
-            | "frameset"
-            | "noembed"
-            | "noframes"
-            | "datalist"
-            | "param"
-            | "source"
-            | "track"
-            | "audio"
-            | "video"
-            | "canvas"
-            | "desc"
-            | "xml"
-            | "applet"
-    )
-}
-
-fn paragraph_breaks(name: &str) -> u8 {
-    match name {
-        "p" | "h1" | "h2" | "h3" | "h4" | "h5" | "h6" | "blockquote" | "ul" | "ol" | "pre"
-        | "hr" | "dl" | "table" => 2,
-        n if is_block(n) => 1,
-        _ => 0,
-    }
 }
 
 fn has_class(classes: &[&str], needle: &str) -> bool {
@@ -520,8 +427,8 @@ fn class_list<'e>(raw: Option<&'e str>, out: &mut Vec<&'e str>) {
 }
 
 /// Gmail, Apple Mail, Thunderbird, Yahoo and Proton quote containers.
-fn is_quote_container(name: &str, a: &Attrs<'_>, classes: &[&str]) -> bool {
-    if name == "blockquote" && a.kind.is_some_and(|t| t.eq_ignore_ascii_case("cite")) {
+fn is_quote_container(tag: Tag, a: &Attrs<'_>, classes: &[&str]) -> bool {
+    if tag.kind == Kind::Blockquote && a.kind.is_some_and(|t| t.eq_ignore_ascii_case("cite")) {
         return true;
     }
     classes.iter().any(|c| {
@@ -552,6 +459,15 @@ fn is_history_start(a: &Attrs<'_>, classes: &[&str]) -> bool {
 }
 
 fn attr_is_zero(v: &str) -> bool {
+    // Common case first: `600`, `100%`, `24px` (a positive integer) without a float parse.
+    let b = v.as_bytes();
+    let digits = b.iter().take_while(|c| c.is_ascii_digit()).count();
+    if b.first().is_some_and(|&c| c != b'0')
+        && digits > 0
+        && matches!(&b[digits..], b"" | b"%" | b"px")
+    {
+        return false;
+    }
     let v = v.trim().trim_end_matches("px").trim_end_matches('%').trim();
     v.parse::<f32>().is_ok_and(|n| n <= 0.0)
 }
@@ -605,13 +521,16 @@ impl<'a> Walker<'a> {
         };
         let mut styles: Vec<Computed> = vec![root_style];
         let mut stack: Vec<Frame> = Vec::with_capacity(256);
+        let mut exits: Vec<ExitInfo> = Vec::with_capacity(64);
         for child in self.doc.children_rev(root) {
             stack.push(Frame::Enter(child));
         }
         while let Some(frame) = stack.pop() {
             let id = match frame {
-                Frame::Exit(info) => {
-                    self.exit(info);
+                Frame::Exit => {
+                    if let Some(info) = exits.pop() {
+                        self.exit(info);
+                    }
                     styles.pop();
                     continue;
                 }
@@ -634,20 +553,24 @@ impl<'a> Walker<'a> {
                 Data::Comment(c) => self.on_comment(c, node.parent()),
                 Data::Element(el) => {
                     if styles.len() > MAX_DOM_DEPTH {
-                        if !self.depth_hit {
-                            self.depth_hit = true;
-                            self.acc.note(
-                                FindingKind::Truncated,
-                                format!("elements nested deeper than {MAX_DOM_DEPTH} dropped"),
-                                &self.path(id),
-                            );
-                        }
+                        self.too_deep(id);
                         continue;
                     }
-                    let (computed, info) = self.enter(id, el, parent);
-                    styles.push(computed);
-                    stack.push(Frame::Exit(info));
-                    if el.name() == "style" {
+                    let tag = tag::of(&el.local);
+                    // The element's state starts as a copy of its parent's, made in place.
+                    let n = styles.len();
+                    if n == 0 {
+                        continue;
+                    }
+                    styles.extend_from_within(n - 1..);
+                    let (done, new) = styles.split_at_mut(n);
+                    let (Some(parent), Some(c)) = (done.last(), new.first_mut()) else {
+                        continue;
+                    };
+                    let info = self.enter(id, el, tag, parent, c);
+                    exits.push(info);
+                    stack.push(Frame::Exit);
+                    if tag.kind == Kind::Style {
                         continue; // already read into the sheet
                     }
                     for child in doc.children_rev(id) {
@@ -663,6 +586,20 @@ impl<'a> Walker<'a> {
             }
         }
         false
+    }
+
+    /// An element nested deeper than [`MAX_DOM_DEPTH`]: dropped, reported once.
+    #[cold]
+    #[inline(never)]
+    fn too_deep(&mut self, id: NodeId) {
+        if !self.depth_hit {
+            self.depth_hit = true;
+            self.acc.note(
+                FindingKind::Truncated,
+                format!("elements nested deeper than {MAX_DOM_DEPTH} dropped"),
+                &self.path(id),
+            );
+        }
     }
 
     /// Applies `f` to the visible text, and to the reply text too when `to_reply`.
@@ -686,14 +623,15 @@ impl<'a> Walker<'a> {
         &mut self,
         id: NodeId,
         el: &'a Element,
+        tag: Tag,
         parent: &Computed,
-    ) -> (Computed, ExitInfo<'a>) {
+        c: &mut Computed,
+    ) -> ExitInfo<'a> {
         let name = el.name();
         let attrs = Attrs::read(el);
         let mut classes = std::mem::take(&mut self.class_buf);
         class_list(attrs.class, &mut classes);
-        let spec = self.cascade(&attrs, &classes, id, name);
-        let mut c = *parent;
+        let spec = self.cascade(&attrs, &classes, id, name, tag);
         c.closed_details = false;
         c.depth = parent.depth.saturating_add(1);
 
@@ -755,77 +693,67 @@ impl<'a> Walker<'a> {
         }
         if let Some(p) = spec.pre {
             c.pre = p;
-        } else if matches!(name, "pre" | "textarea" | "listing" | "plaintext" | "xmp") {
+        } else if tag.has(tag::PRE) {
             c.pre = true;
         }
         if let Some(ti) = spec.text_indent {
             c.text_indent = ti;
         }
-        if is_quote_container(name, &attrs, &classes) {
+        if is_quote_container(tag, &attrs, &classes) {
             c.quote = true;
         }
         if is_history_start(&attrs, &classes) {
             self.reply_cut = true;
         }
 
-        let display = spec.display.unwrap_or(if is_block(name) {
+        let display = spec.display.unwrap_or(if tag.has(tag::BLOCK) {
             DisplayKind::Block
-        } else if matches!(name, "td" | "th" | "img" | "button") {
+        } else if tag.has(tag::INLINE_BLOCK) {
             DisplayKind::InlineBlock
         } else {
             DisplayKind::Inline
         });
         if c.hidden.is_none() {
             c.hidden = self
-                .hiding_cause(&attrs, name, &spec, display, parent, &c)
+                .hiding_cause(&attrs, tag, &spec, display, parent, c)
                 .map(|k| (k, id));
         }
-        if name == "details" && !attrs.open {
+        if tag.kind == Kind::Details && !attrs.open {
             c.closed_details = true;
         }
 
         if c.hidden.is_none() {
-            self.check_attributes(el, name, id);
+            self.check_attributes(el, tag, id);
         }
 
         let visible = c.hidden.is_none();
         let mut info = ExitInfo {
             newlines: 0,
-            keys_from: self.key_stack.len() as u32,
+            keys_from: 0,
             link: None,
         };
-        if self.track_ancestors {
-            let from = self.key_stack.len();
-            self.key_stack.push(css::key_hash(b't', name));
-            if let Some(i) = attrs.id {
-                self.key_stack.push(css::key_hash(b'i', i));
-            }
-            for c in &classes {
-                self.key_stack.push(css::key_hash(b'c', c));
-            }
-            for k in &self.key_stack[from..] {
-                *self.ancestors.entry(*k).or_insert(0) += 1;
-            }
+        if let Some(f) = &mut self.ancestors {
+            info.keys_from = f.enter(name, attrs.id, &classes);
         }
         if visible {
-            let reply = self.reply_active(&c);
-            let n = paragraph_breaks(name);
+            let reply = self.reply_active(c);
+            let n = tag.breaks();
             if n > 0 || display == DisplayKind::Block {
                 let n = n.max(1);
                 self.emit(reply, |t| t.newline(n));
                 info.newlines = n;
             }
-            match name {
-                "br" => {
+            match tag.kind {
+                Kind::Br => {
                     self.emit(reply, TextBuf::br);
                 }
-                "li" => {
+                Kind::Li => {
                     self.emit(reply, |t| t.marker("- "));
                 }
-                "td" | "th" => {
+                Kind::Cell => {
                     self.emit(reply, TextBuf::space);
                 }
-                "a" => {
+                Kind::A => {
                     if let Some(href) = attrs.href {
                         info.link = Some((
                             self.text.len(),
@@ -839,25 +767,26 @@ impl<'a> Walker<'a> {
             }
         }
         self.class_buf = classes;
-        (c, info)
+        info
     }
 
     /// The reason this element hides its subtree, if any.
     fn hiding_cause(
         &self,
         el: &Attrs<'_>,
-        name: &str,
+        tag: Tag,
         spec: &Specified,
         display: DisplayKind,
         parent: &Computed,
         c: &Computed,
     ) -> Option<FindingKind> {
-        if parent.closed_details && name != "summary" {
+        if parent.closed_details && tag.kind != Kind::Summary {
             return Some(FindingKind::NonRenderedElement);
         }
-        if is_non_rendered(name)
-            || (name == "dialog" && !el.open)
-            || (name == "input" && el.kind.is_some_and(|t| t.eq_ignore_ascii_case("hidden")))
+        if tag.has(tag::NON_RENDERED)
+            || (tag.kind == Kind::Dialog && !el.open)
+            || (tag.kind == Kind::Input
+                && el.kind.is_some_and(|t| t.eq_ignore_ascii_case("hidden")))
         {
             return Some(FindingKind::NonRenderedElement);
         }
@@ -917,7 +846,7 @@ impl<'a> Walker<'a> {
                 return Some(FindingKind::ZeroSize);
             }
         }
-        if !matches!(name, "img" | "hr" | "col" | "colgroup" | "video" | "canvas")
+        if !tag.has(tag::SIZE_EXEMPT)
             && (el.width.is_some_and(attr_is_zero) || el.height.is_some_and(attr_is_zero))
         {
             return Some(FindingKind::ZeroSize);
@@ -938,7 +867,14 @@ impl<'a> Walker<'a> {
     }
 
     /// Presentational attributes, `<style>` rules and the inline `style`, in cascade order.
-    fn cascade(&mut self, a: &Attrs<'a>, classes: &[&str], id: NodeId, name: &str) -> Specified {
+    fn cascade(
+        &mut self,
+        a: &Attrs<'a>,
+        classes: &[&str],
+        id: NodeId,
+        name: &str,
+        tag: Tag,
+    ) -> Specified {
         let mut spec = Specified::default();
         // Presentational hints sit below every author rule.
         if a.hidden {
@@ -950,8 +886,8 @@ impl<'a> Walker<'a> {
         if a.background.is_some_and(|b| !b.trim().is_empty()) {
             spec.bg_image = Some(true);
         }
-        match name {
-            "font" => {
+        match tag.kind {
+            Kind::Font => {
                 if let Some(c) = a.color.and_then(parse_attr_color) {
                     spec.color = Some(ColorValue::Rgba(c));
                 }
@@ -959,7 +895,7 @@ impl<'a> Walker<'a> {
                     spec.font_size = Some(Len::Px(px));
                 }
             }
-            "body" => {
+            Kind::Body => {
                 if let Some(c) = a.text.and_then(parse_attr_color) {
                     spec.color = Some(ColorValue::Rgba(c));
                 }
@@ -986,11 +922,7 @@ impl<'a> Walker<'a> {
                 let Some(rule) = self.sheet.rules.get(ri) else {
                     continue;
                 };
-                if rule
-                    .ancestors
-                    .iter()
-                    .any(|k| !self.ancestors.contains_key(k))
-                {
+                if self.ancestors.as_ref().is_some_and(|f| !f.satisfied(ri)) {
                     self.match_budget += 1; // rejected without running the matcher
                     continue;
                 }
@@ -1022,19 +954,32 @@ impl<'a> Walker<'a> {
     }
 
     /// `alt`/`title`/`aria-*` text is not rendered; report it when long or instruction-like.
-    fn check_attributes(&mut self, el: &Element, name: &str, id: NodeId) {
-        for (attr, value) in el.attrs() {
-            let relevant = matches!(
-                attr,
-                "alt"
-                    | "title"
-                    | "aria-label"
-                    | "aria-description"
-                    | "aria-roledescription"
-                    | "placeholder"
-                    | "summary"
-            ) || (name == "meta" && attr == "content")
-                || (attr.starts_with("data-") && value.len() >= 20);
+    fn check_attributes(&mut self, el: &Element, tag: Tag, id: NodeId) {
+        for a in &el.attrs {
+            let (attr, value) = (&*a.name.local, &*a.value);
+            let relevant = match a.name.local {
+                local_name!("alt")
+                | local_name!("title")
+                | local_name!("aria-label")
+                | local_name!("aria-roledescription")
+                | local_name!("placeholder")
+                | local_name!("summary") => true,
+                local_name!("content") => tag.kind == Kind::Meta,
+                // The attributes of ordinary markup, answered without comparing text.
+                local_name!("style")
+                | local_name!("class")
+                | local_name!("id")
+                | local_name!("href")
+                | local_name!("src")
+                | local_name!("width")
+                | local_name!("height")
+                | local_name!("align")
+                | local_name!("border")
+                | local_name!("role")
+                | local_name!("dir")
+                | local_name!("target") => false,
+                _ => attr == "aria-description" || (attr.starts_with("data-") && value.len() >= 20),
+            };
             if !relevant {
                 continue;
             }
@@ -1043,27 +988,26 @@ impl<'a> Walker<'a> {
                 continue;
             }
             if value.len() >= 80 || risk::scan(value).is_some() {
-                let loc = self.path(id);
-                self.acc.removed(
-                    FindingKind::NonRenderedAttribute,
-                    &format!("{attr}=\"{value}\""),
-                    &loc,
-                );
+                self.report_attribute(attr, value, id);
             }
         }
     }
 
+    #[cold]
+    #[inline(never)]
+    fn report_attribute(&mut self, attr: &str, value: &str, id: NodeId) {
+        let loc = self.path(id);
+        self.acc.removed(
+            FindingKind::NonRenderedAttribute,
+            &format!("{attr}=\"{value}\""),
+            &loc,
+        );
+    }
+
     fn exit(&mut self, info: ExitInfo<'a>) {
-        let from = (info.keys_from as usize).min(self.key_stack.len());
-        for k in &self.key_stack[from..] {
-            if let Some(n) = self.ancestors.get_mut(k) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    self.ancestors.remove(k);
-                }
-            }
+        if let Some(f) = &mut self.ancestors {
+            f.leave(info.keys_from);
         }
-        self.key_stack.truncate(from);
         if let Some((start, in_reply, href, id)) = info.link {
             self.finish_link(start, in_reply, href, id);
         }
@@ -1128,52 +1072,70 @@ impl<'a> Walker<'a> {
     }
 
     fn on_text(&mut self, text: &str, st: &Computed, parent: Option<NodeId>) {
-        let st = if st.closed_details {
-            Computed {
-                hidden: Some((
-                    FindingKind::NonRenderedElement,
-                    parent.unwrap_or(st.font_src),
-                )),
-                ..*st
-            }
+        // Text directly inside a closed `<details>` is hidden by it before anything else.
+        let reason = if st.closed_details {
+            Some((
+                FindingKind::NonRenderedElement,
+                parent.unwrap_or(st.font_src),
+            ))
         } else {
-            *st
+            self.hidden_reason(st)
         };
-        if let Some((kind, anchor)) = self.hidden_reason(&st) {
-            if text.trim().is_empty() {
-                return;
-            }
-            match &mut self.hidden {
-                Some(h) if h.anchor == anchor && h.kind == kind => {
-                    if h.text.len() < 64 * 1024 {
-                        h.text.push(' ');
-                        h.text.push_str(truncate_bytes(text, 64 * 1024));
-                    }
-                }
-                _ => {
-                    self.flush_hidden();
-                    self.hidden = Some(HiddenBuf {
-                        kind,
-                        anchor,
-                        text: truncate_bytes(text, 64 * 1024).to_string(),
-                    });
-                }
-            }
+        if let Some((kind, anchor)) = reason {
+            self.hide_text(kind, anchor, text);
             return;
         }
-        if !text.trim().is_empty() {
+        if self.hidden.is_some() && !text.trim().is_empty() {
             self.flush_hidden();
         }
         let cleaned = if unicode::needs_cleaning(text) {
-            let loc = parent.map(|p| self.path(p)).unwrap_or_default();
-            unicode::clean(text, &loc, self.acc)
+            self.clean_text(text, parent)
         } else {
             std::borrow::Cow::Borrowed(text)
         };
-        let to_reply = self.reply_active(&st);
+        let to_reply = self.reply_active(st);
         self.emit(to_reply, |t| t.text(&cleaned, st.pre));
     }
 
+    /// Text with invisible or control characters: cleaned, with findings.
+    #[cold]
+    #[inline(never)]
+    fn clean_text<'t>(
+        &mut self,
+        text: &'t str,
+        parent: Option<NodeId>,
+    ) -> std::borrow::Cow<'t, str> {
+        let loc = parent.map(|p| self.path(p)).unwrap_or_default();
+        unicode::clean(text, &loc, self.acc)
+    }
+
+    /// Hidden text: buffered, so that adjacent pieces hidden by the same element make one
+    /// finding. Kept out of the walk's hot path (most text is visible).
+    #[cold]
+    #[inline(never)]
+    fn hide_text(&mut self, kind: FindingKind, anchor: NodeId, text: &str) {
+        if text.trim().is_empty() {
+            return;
+        }
+        match &mut self.hidden {
+            Some(h) if h.anchor == anchor && h.kind == kind => {
+                if h.text.len() < 64 * 1024 {
+                    h.text.push(' ');
+                    h.text.push_str(truncate_bytes(text, 64 * 1024));
+                }
+            }
+            _ => {
+                self.flush_hidden();
+                self.hidden = Some(HiddenBuf {
+                    kind,
+                    anchor,
+                    text: truncate_bytes(text, 64 * 1024).to_string(),
+                });
+            }
+        }
+    }
+
+    #[inline(never)]
     fn on_comment(&mut self, comment: &str, parent: Option<NodeId>) {
         let body = comment.trim();
         if body.is_empty() {
@@ -1204,6 +1166,7 @@ impl<'a> Walker<'a> {
         self.acc.removed(kind, text, &loc);
     }
 
+    #[inline(never)]
     fn flush_hidden(&mut self) {
         if let Some(h) = self.hidden.take() {
             let loc = self.path(h.anchor);

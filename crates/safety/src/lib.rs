@@ -5,6 +5,7 @@
 //! and [`extract_codes`] (verification codes and sign-in links). All of them are
 //! pure functions: no I/O, bounded time and memory, and they never panic.
 
+mod ancestors;
 mod codes;
 mod color;
 mod css;
@@ -18,6 +19,7 @@ mod reply;
 mod risk;
 mod select;
 mod sink;
+mod tag;
 mod text;
 mod unicode;
 
@@ -246,7 +248,7 @@ pub(crate) fn finish(
     subject: Option<String>,
 ) -> SafeView {
     let risk = risk::assess(&out.text, &acc, subject.as_deref());
-    let reply_text = reply::strip_quoted(&out.reply);
+    let reply_text = reply::strip_quoted(out.reply);
     let findings = acc.into_findings();
     let prompt_text = prompt::wrap(
         &out.text,

@@ -29,6 +29,7 @@ const SECOND_LEVEL: &[&str] = &[
 ];
 
 /// `s` starts with `prefix`, ASCII case-insensitively.
+#[inline]
 pub(crate) fn starts_with_ci(s: &str, prefix: &str) -> bool {
     s.as_bytes()
         .get(..prefix.len())
@@ -197,7 +198,10 @@ pub(crate) fn is_confusable(host: &str) -> bool {
 /// preceded by `n`, so it starts a run of dashes and the search stops there. (A byte-wise
 /// window compare over every tracking URL was a visible cost on newsletters.)
 fn has_punycode_label(b: &[u8]) -> bool {
-    memchr::memmem::find_iter(b, b"--").any(|p| {
+    // Built once: `memmem::find_iter` builds a searcher on every call (per link).
+    static DASHES: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(b"--"));
+    DASHES.find_iter(b).any(|p| {
         p.checked_sub(2)
             .and_then(|s| b.get(s..p))
             .is_some_and(|xn| xn.eq_ignore_ascii_case(b"xn"))

@@ -343,6 +343,7 @@ impl DepthLimiter<'_> {
 
     /// A tag token: updates the model. Returns the result for a swallowed tag, `None` to
     /// forward it.
+    #[inline]
     fn on_tag(&self, tag: &Tag) -> Option<TokenSinkResult<Handle>> {
         let mut m = self.model.borrow_mut();
         if m.skip_depth > 0 {
@@ -351,10 +352,7 @@ impl DepthLimiter<'_> {
         if tag.kind == EndTag {
             m.close(&tag.name);
         } else if m.open(tag, self.max_depth) {
-            m.skip_depth = 1;
-            m.skip_start = self.tag_start(m.mark);
-            self.dropping.set(true);
-            return Some(self.swallowed_start(&tag.name));
+            return Some(self.start_dropping(&mut m, tag));
         }
         let at_limit = m.at_limit(self.max_depth);
         self.tracking.set(at_limit);
@@ -364,7 +362,43 @@ impl DepthLimiter<'_> {
         None
     }
 
+    /// The start tag `tag` is too deep: it and everything inside it are dropped.
+    #[cold]
+    #[inline(never)]
+    fn start_dropping(&self, m: &mut Model, tag: &Tag) -> TokenSinkResult<Handle> {
+        m.skip_depth = 1;
+        m.skip_start = self.tag_start(m.mark);
+        self.dropping.set(true);
+        self.swallowed_start(&tag.name)
+    }
+
+    /// A token other than a tag while dropping or tracking; `Some` when it is swallowed.
+    /// Ordinary documents never get here, so it is kept out of the per-token path.
+    #[cold]
+    #[inline(never)]
+    fn on_other(&self, token: &Token) -> Option<TokenSinkResult<Handle>> {
+        if self.dropping.get() {
+            if !matches!(token, Token::EOFToken) {
+                return Some(TokenSinkResult::Continue);
+            }
+            let mut m = self.model.borrow_mut();
+            let start = m.skip_start;
+            m.drop_region(self.src, start, self.fed.get());
+            m.skip_depth = 0;
+            self.dropping.set(false);
+            return None;
+        }
+        // Parse errors can come mid-tag: not a token boundary.
+        if !matches!(token, Token::ParseError(_)) {
+            let end = self.pos();
+            self.model.borrow_mut().mark = end;
+        }
+        None
+    }
+
     /// A tag inside a dropped region: only tracks where the region ends.
+    #[cold]
+    #[inline(never)]
     fn swallow(&self, m: &mut Model, tag: &Tag) -> TokenSinkResult<Handle> {
         self.swallowed_tags
             .set(self.swallowed_tags.get().saturating_add(1));
@@ -402,24 +436,12 @@ impl TokenSink for DepthLimiter<'_> {
                     return result;
                 }
             }
-            _ if self.dropping.get() => {
-                if !matches!(token, Token::EOFToken) {
-                    return TokenSinkResult::Continue;
-                }
-                let mut m = self.model.borrow_mut();
-                let start = m.skip_start;
-                m.drop_region(self.src, start, self.fed.get());
-                m.skip_depth = 0;
-                self.dropping.set(false);
-            }
-            // Parse errors can come mid-tag: not a token boundary.
-            Token::ParseError(_) => {}
-            _ => {
-                if self.tracking.get() {
-                    let end = self.pos();
-                    self.model.borrow_mut().mark = end;
+            _ if self.dropping.get() || self.tracking.get() => {
+                if let Some(result) = self.on_other(&token) {
+                    return result;
                 }
             }
+            _ => {}
         }
         self.inner.process_token(token, line_number)
     }

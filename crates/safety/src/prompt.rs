@@ -42,23 +42,60 @@ fn match_at<'t>(re: &Regex, text: &'t str, i: usize) -> Option<&'t str> {
     {
         return None;
     }
+    // After `<` a match continues with white space, `/`, `|`, `<` or the first letter of
+    // `untrusted`/`system`/`assistant`/`user`/`instructions`/`tool_call`/`function_call`
+    // (only ASCII letters fold to these, bar `ſ`, which is not ASCII): link markers
+    // (`<https://…>`) are ruled out without the regex.
+    if b.get(i) == Some(&b'<')
+        && let Some(&next) = b.get(i + 1)
+        && next.is_ascii()
+        && !matches!(
+            next.to_ascii_lowercase(),
+            b'\t'
+                | b'\n'
+                | 0x0B
+                | 0x0C
+                | b'\r'
+                | b' '
+                | b'/'
+                | b'|'
+                | b'<'
+                | b'u'
+                | b's'
+                | b'a'
+                | b'i'
+                | b't'
+                | b'f'
+        )
+    {
+        return None;
+    }
     let m = re.find(text.get(i..)?)?;
     (!m.is_empty()).then_some(m.as_str())
 }
 
-/// Bytes tested at once by [`neutralise`].
+/// Bytes tested at once by [`neutralise_into`].
 const BLOCK: usize = 8;
 
-/// Replaces delimiter look-alikes with a visible, inert marker.
-pub(crate) fn neutralise(text: &str) -> String {
+/// [`neutralise_into`] a new string.
+#[cfg(test)]
+fn neutralise(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    neutralise_into(text, &mut out);
+    out
+}
+
+/// Appends `text` to `out` (the prompt text) with delimiter look-alikes replaced by a
+/// visible, inert marker.
+fn neutralise_into(text: &str, out: &mut String) {
     let Some(re) = LOOKALIKE_AT.as_ref() else {
-        return text.replace('<', "‹").replace('>', "›");
+        out.push_str(&text.replace('<', "‹").replace('>', "›"));
+        return;
     };
     // Leftmost-first matches, found by trying the anchored pattern only where a match can
     // start: the same matches as `find_iter`, without running the automaton over every byte
     // (its literal prefilter is useless on text full of `u`s and link markers).
     let b = text.as_bytes();
-    let mut out = String::with_capacity(text.len());
     let (mut i, mut last) = (0, 0);
     while i < b.len() {
         // Blocks of 8 bytes with no possible start are skipped with one branch-free test (a
@@ -80,7 +117,7 @@ pub(crate) fn neutralise(text: &str) -> String {
                 && let Some(m) = match_at(re, text, i)
             {
                 out.push_str(&text[last..i]);
-                defang_into(m, &mut out);
+                defang_into(m, out);
                 i += m.len();
                 last = i;
                 break;
@@ -89,7 +126,6 @@ pub(crate) fn neutralise(text: &str) -> String {
         }
     }
     out.push_str(&text[last..]);
-    out
 }
 
 /// Writes `s` with brackets and pipes swapped for inert look-alikes and `untrusted` broken
@@ -164,10 +200,10 @@ pub(crate) fn wrap(
     ));
     if let Some(s) = subject {
         out.push_str("Subject: ");
-        out.push_str(&neutralise(s));
+        neutralise_into(s, &mut out);
         out.push_str("\n\n");
     }
-    out.push_str(&neutralise(text));
+    neutralise_into(text, &mut out);
     if !out.ends_with('\n') {
         out.push('\n');
     }
@@ -248,6 +284,40 @@ mod tests {
             for pad in 0..=2 * BLOCK {
                 let t = format!("{}{t}", "x".repeat(pad));
                 assert_eq!(neutralise(&t), reference(&t), "{t}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_byte_after_a_bracket_is_judged_like_find_iter() {
+        let re = Regex::new(LOOKALIKE).expect("pattern");
+        let words = [
+            "untrusted content>",
+            "system>",
+            "assistant>",
+            "user>",
+            "instructions>",
+            "tool_call>",
+            "function_calls>",
+            "sys>>",
+            "x|>",
+            "/system>",
+            " user>",
+            "https://example.com>",
+        ];
+        for c in (0..128u32)
+            .chain([0xA0, 0x17F, 0x2000, 0x3000])
+            .filter_map(char::from_u32)
+        {
+            for w in words {
+                for t in [
+                    format!("<{c}{w}"),
+                    format!("<{c}"),
+                    format!("a <{c}{}", &w[1..]),
+                ] {
+                    let expect = re.find_iter(&t).count() > 0;
+                    assert_eq!(neutralise(&t) != t, expect, "{t:?}");
+                }
             }
         }
     }

@@ -82,8 +82,73 @@ fn verb_lines(text: &str, lines: &[&str]) -> Vec<bool> {
     out
 }
 
+/// Whether some line could start quoted history: a separator (`-`, `_`), a `>` quote, an
+/// Outlook header (`From:`), or an attribution starter (`On …`). Only such lines are looked
+/// at more closely by [`strip_quoted`], so without one every line is kept.
+fn may_quote(line: &str) -> bool {
+    const STARTERS: [&str; 9] = ["on", "le", "am", "el", "il", "op", "em", "den", "w"];
+    let t = line.trim_start();
+    if t.starts_with(['-', '_', '>']) {
+        return true;
+    }
+    let f = t.trim_start_matches('*');
+    if ["from:", "von:", "de:"]
+        .iter()
+        .any(|p| crate::links::starts_with_ci(f, p))
+    {
+        return true;
+    }
+    // The first ASCII word, as the attribution pattern's `^\s*(on|le|…)\b` reads it.
+    let word = t
+        .bytes()
+        .take(4)
+        .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
+        .count();
+    word <= 3
+        && STARTERS
+            .iter()
+            .any(|s| s.len() == word && crate::links::starts_with_ci(t, s))
+}
+
+/// `(some line may_quote, text is tidy)` in one pass over the lines (see [`crate::text::is_tidy`]).
+fn survey(text: &str) -> (bool, bool) {
+    let b = text.as_bytes();
+    let mut tidy = b.first() != Some(&b'\n') && b.last() != Some(&b'\n');
+    let mut line_start = 0;
+    let mut prev_blank = false;
+    for nl in memchr::memchr_iter(b'\n', b).chain(std::iter::once(b.len())) {
+        let line = text.get(line_start..nl).unwrap_or("");
+        if may_quote(line) {
+            return (true, false);
+        }
+        if line.is_empty() {
+            tidy &= !prev_blank;
+            prev_blank = true;
+        } else {
+            prev_blank = false;
+            tidy &= !line.ends_with(char::is_whitespace);
+        }
+        line_start = nl + 1;
+    }
+    (false, tidy)
+}
+
 /// The new part of a message: quoted history removed.
-pub(crate) fn strip_quoted(text: &str) -> String {
+pub(crate) fn strip_quoted(text: String) -> String {
+    let (may_quote, tidy) = survey(&text);
+    if !may_quote {
+        // Every line is kept (see `strip_lines`): the same result without splitting lines
+        // or searching for attribution verbs.
+        if tidy {
+            return text;
+        }
+        return crate::text::tidy(&text);
+    }
+    strip_lines(&text)
+}
+
+/// [`strip_quoted`], line by line.
+fn strip_lines(text: &str) -> String {
     let lines = crate::text::lines_of(text);
     let has_verb = verb_lines(text, &lines);
     let mut kept: Vec<&str> = Vec::with_capacity(lines.len());
@@ -141,17 +206,73 @@ mod tests {
     use super::*;
 
     #[test]
+    fn survey_shortcut_gives_the_line_by_line_result() {
+        let lines = [
+            "plain",
+            "",
+            "  ",
+            "trailing ",
+            "\r",
+            "- item",
+            "_x",
+            "> quoted",
+            "  >q",
+            "From: a",
+            "*From: a",
+            "Sent: b",
+            "To: c",
+            "Subject: d",
+            "von: x",
+            "DE: y",
+            "On Mon, Bob wrote:",
+            "on",
+            "ON x",
+            "one",
+            "once wrote:",
+            "Le 3 mars, X a écrit :",
+            "w dniu",
+            "Em x",
+            "den 3 skrev:",
+            "am x schrieb:",
+            "el día",
+            "Il x ha scritto:",
+            "Op x schreef:",
+            "Example Media",
+            "A short summary",
+            "  \u{a0}on x",
+            "on\u{e9}",
+            "---- Original Message ----",
+        ];
+        let mut texts = vec![
+            String::new(),
+            "\n".to_string(),
+            "a\n".to_string(),
+            "\na".to_string(),
+        ];
+        for a in lines {
+            for b in lines {
+                texts.push(format!("{a}\n{b}"));
+                texts.push(format!("intro\n\n{a}\n{b}\nwrote:\n> x"));
+                texts.push(format!("{a}\n\n\n{b}\r\n"));
+            }
+        }
+        for t in &texts {
+            assert_eq!(strip_quoted(t.clone()), strip_lines(t), "{t:?}");
+        }
+    }
+
+    #[test]
     fn strips_gmail_style() {
         let t = "Sounds good!\n\nOn Mon, 3 Mar 2025 at 10:00, Bob <bob@example.com> wrote:\n> earlier\n> text";
-        assert_eq!(strip_quoted(t), "Sounds good!");
+        assert_eq!(strip_quoted(t.to_string()), "Sounds good!");
     }
 
     #[test]
     fn strips_outlook_block() {
         let t = "Yes.\n\nFrom: Bob\nSent: Monday\nTo: Alice\nSubject: Re: x\n\nold";
-        assert_eq!(strip_quoted(t), "Yes.");
+        assert_eq!(strip_quoted(t.to_string()), "Yes.");
         let t = "Yes.\n-----Original Message-----\nFrom: Bob";
-        assert_eq!(strip_quoted(t), "Yes.");
+        assert_eq!(strip_quoted(t.to_string()), "Yes.");
     }
 
     #[test]
@@ -172,7 +293,7 @@ mod tests {
         for &t in crate::text::tests::TIDY_EDGE_CASES {
             let lines: Vec<&str> = t.lines().collect();
             assert_eq!(
-                strip_quoted(t),
+                strip_quoted(t.to_string()),
                 crate::text::tidy(&lines.join("\n")),
                 "{t:?}"
             );
@@ -182,6 +303,6 @@ mod tests {
     #[test]
     fn keeps_interleaved_answers() {
         let t = "> question one\nanswer one\n> question two\nanswer two";
-        assert_eq!(strip_quoted(t), "answer one\nanswer two");
+        assert_eq!(strip_quoted(t.to_string()), "answer one\nanswer two");
     }
 }

@@ -267,10 +267,23 @@ struct Compiled {
     /// All patterns at once.
     set: RegexSet,
     each: Vec<(Category, Regex)>,
-    /// Finds every keyword of [`REQUIRED`]; pattern ids index `keywords`.
+    /// Finds every keyword of [`REQUIRED`] longer than one byte; `finder_ids` maps its
+    /// pattern ids to keyword ids.
     keyword_finder: aho_corasick::AhoCorasick,
-    /// Per pattern: groups of keyword ids (indices into the finder's patterns).
-    required: Vec<Vec<Vec<usize>>>,
+    finder_ids: Vec<usize>,
+    /// One-byte keywords (`:`, `{`, `<`) and their ids: CSS and markup-like text is full of
+    /// them, and a byte search per keyword is cheaper than an overlapping match each.
+    single: Vec<(u8, usize)>,
+    /// Per pattern: one bit set per group, with a bit for each of its keywords (ids of the
+    /// finder's patterns); the pattern can match only if every group meets the keywords seen.
+    required: Vec<Vec<KeywordSet>>,
+}
+
+/// A set of keyword ids (below [`MAX_KEYWORDS`]).
+type KeywordSet = [u64; MAX_KEYWORDS / 64];
+
+fn meets(a: &KeywordSet, b: &KeywordSet) -> bool {
+    a.iter().zip(b).any(|(x, y)| x & y != 0)
 }
 
 static COMPILED: LazyLock<Option<Compiled>> = LazyLock::new(|| {
@@ -287,9 +300,9 @@ static COMPILED: LazyLock<Option<Compiled>> = LazyLock::new(|| {
     let mut keywords: Vec<&str> = Vec::new();
     let mut required = Vec::with_capacity(REQUIRED.len());
     for groups in REQUIRED {
-        let mut ids = Vec::with_capacity(groups.len());
+        let mut sets = Vec::with_capacity(groups.len());
         for group in groups.iter() {
-            let mut g = Vec::with_capacity(group.len());
+            let mut g: KeywordSet = [0; MAX_KEYWORDS / 64];
             for kw in group.iter() {
                 let id = match keywords.iter().position(|k| k == kw) {
                     Some(i) => i,
@@ -298,24 +311,37 @@ static COMPILED: LazyLock<Option<Compiled>> = LazyLock::new(|| {
                         keywords.len() - 1
                     }
                 };
-                g.push(id);
+                if id >= MAX_KEYWORDS {
+                    return None;
+                }
+                g[id / 64] |= 1 << (id % 64);
             }
-            ids.push(g);
+            sets.push(g);
         }
-        required.push(ids);
+        required.push(sets);
     }
-    if keywords.len() > MAX_KEYWORDS {
-        return None;
+    let (mut finder_ids, mut multi, mut single) = (Vec::new(), Vec::new(), Vec::new());
+    for (id, kw) in keywords.iter().enumerate() {
+        match kw.as_bytes() {
+            // No ASCII case to fold: the three are punctuation.
+            [b] if !b.is_ascii_alphabetic() => single.push((*b, id)),
+            _ => {
+                finder_ids.push(id);
+                multi.push(*kw);
+            }
+        }
     }
     let keyword_finder = aho_corasick::AhoCorasick::builder()
         .ascii_case_insensitive(true)
         .kind(Some(aho_corasick::AhoCorasickKind::DFA))
-        .build(&keywords)
+        .build(&multi)
         .ok()?;
     Some(Compiled {
         set,
         each,
         keyword_finder,
+        finder_ids,
+        single,
         required,
     })
 });
@@ -338,17 +364,24 @@ impl Compiled {
             out.extend(0..self.each.len());
             return;
         }
-        let mut present = [false; MAX_KEYWORDS];
+        let mut present: KeywordSet = [0; MAX_KEYWORDS / 64];
+        let mut mark = |k: usize| {
+            if let Some(w) = present.get_mut(k / 64) {
+                *w |= 1 << (k % 64);
+            }
+        };
         for m in self.keyword_finder.find_overlapping_iter(text) {
-            if let Some(p) = present.get_mut(m.pattern().as_usize()) {
-                *p = true;
+            if let Some(&k) = self.finder_ids.get(m.pattern().as_usize()) {
+                mark(k);
+            }
+        }
+        for &(b, k) in &self.single {
+            if memchr::memchr(b, text.as_bytes()).is_some() {
+                mark(k);
             }
         }
         for (idx, groups) in self.required.iter().enumerate() {
-            let possible = groups
-                .iter()
-                .all(|g| g.iter().any(|&k| present.get(k).copied().unwrap_or(true)));
-            if possible {
+            if groups.iter().all(|g| meets(g, &present)) {
                 out.push(idx);
             }
         }

@@ -17,6 +17,7 @@
 use std::cell::Cell;
 
 use cssparser::{ParseError, Parser, Token};
+use html5ever::{LocalName, local_name};
 
 use crate::sink::{Data, Dom, Element, NodeId};
 
@@ -51,8 +52,9 @@ enum Case {
 
 #[derive(Debug)]
 enum Simple {
-    /// Type selector: as written, and ASCII-lowercased (compared on HTML elements).
-    Tag(String, String),
+    /// Type selector: as written, and ASCII-lowercased (compared on HTML elements); interned,
+    /// so matching compares atoms instead of strings.
+    Tag(LocalName, LocalName),
     Id(String),
     Class(String),
     Attr {
@@ -219,9 +221,10 @@ fn parse_compound<'i>(input: &mut Parser<'i>, depth: usize) -> PResult<Vec<Simpl
             Err(_) => break,
         };
         match tok {
-            Token::Ident(name) if first => {
-                out.push(Simple::Tag(name.to_string(), name.to_ascii_lowercase()))
-            }
+            Token::Ident(name) if first => out.push(Simple::Tag(
+                LocalName::from(name.as_ref()),
+                LocalName::from(name.to_ascii_lowercase()),
+            )),
             Token::Delim('*') if first => universal = true,
             Token::Delim('|') => return fail(input), // namespaces are not supported
             Token::IDHash(id) => out.push(Simple::Id(id.to_string())),
@@ -553,12 +556,12 @@ impl Cx<'_> {
             return false;
         };
         match s {
-            Simple::Tag(name, lower) => el.name() == if el.is_html() { lower } else { name },
+            Simple::Tag(name, lower) => el.local == *if el.is_html() { lower } else { name },
             Simple::Id(want) => el.id() == Some(want.as_str()),
             Simple::Class(want) => el
                 .attrs
                 .iter()
-                .filter(|a| &*a.name.local == "class")
+                .filter(|a| a.name.local == local_name!("class"))
                 .any(|a| a.value.split_ascii_whitespace().any(|c| c == want)),
             Simple::Attr { name, lower, op } => attr_matches(el, name, lower, op.as_ref()),
             Simple::Nth {
@@ -594,7 +597,7 @@ impl Cx<'_> {
                 || self
                     .dom
                     .element(x)
-                    .is_some_and(|o| o.name.local == el.name.local && o.name.ns == el.name.ns)
+                    .is_some_and(|o| o.local == el.local && o.ns == el.ns)
         };
         let mut index: i64 = 1;
         let mut cur = if from_end {

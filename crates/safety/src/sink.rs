@@ -26,21 +26,23 @@ pub(crate) type NodeId = u32;
 /// "No node" in the link fields.
 const NONE: NodeId = NodeId::MAX;
 
-/// One element: its name and attributes (sorted by name, as scraper kept them, so that
-/// attribute findings come out in the same order).
+/// One element: its namespace, local name (the tree builder gives elements no prefix) and
+/// attributes (sorted by name, as scraper kept them, so that attribute findings come out in
+/// the same order). Without the prefix a node fills one 64-byte cache line.
 pub(crate) struct Element {
-    pub name: QualName,
+    pub ns: Namespace,
+    pub local: LocalName,
     pub attrs: Vec<Attribute>,
 }
 
 impl Element {
     /// Local name (lowercase for HTML elements).
     pub fn name(&self) -> &str {
-        &self.name.local
+        &self.local
     }
 
     pub fn is_html(&self) -> bool {
-        self.name.ns == ns!(html)
+        self.ns == ns!(html)
     }
 
     /// `(local name, value)` of every attribute.
@@ -52,7 +54,7 @@ impl Element {
     pub fn id(&self) -> Option<&str> {
         self.attrs
             .iter()
-            .find(|a| &*a.name.local == "id")
+            .find(|a| a.name.local == local_name!("id"))
             .map(|a| &*a.value)
     }
 }
@@ -333,11 +335,15 @@ impl TreeSink for Sink {
         _flags: ElementFlags,
     ) -> Handle {
         self.count();
-        let (ns, local) = (name.ns.clone(), name.local.clone());
+        let QualName { ns, local, .. } = name;
         let template = ns == ns!(html) && local == local_name!("template");
         attrs.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         let mut dom = self.dom.borrow_mut();
-        let id = dom.push(Data::Element(Element { name, attrs }));
+        let id = dom.push(Data::Element(Element {
+            ns: ns.clone(),
+            local: local.clone(),
+            attrs,
+        }));
         if template {
             let contents = dom.push(Data::Fragment);
             dom.append(id, contents);
@@ -442,5 +448,19 @@ impl TreeSink for Sink {
         while let Some(c) = dom.get(node.id).and_then(Node::first_child) {
             dom.append(new_parent.id, c);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_fills_one_cache_line() {
+        assert!(
+            std::mem::size_of::<Node>() <= 64,
+            "{}",
+            std::mem::size_of::<Node>()
+        );
     }
 }

@@ -87,6 +87,24 @@ impl TextBuf {
             // Unicode White_Space within ASCII (`split_whitespace`): TAB, LF, VT, FF, CR, space.
             let b = s.as_bytes();
             let is_ws = |c: u8| ASCII_WS[usize::from(c)];
+            // Usual case: once trimmed, words separated by single spaces, which the loop below
+            // would copy as one run; one vectorised pass proves it.
+            let Some(start) = b.iter().position(|&c| !is_ws(c)) else {
+                return;
+            };
+            let end = b.iter().rposition(|&c| !is_ws(c)).map_or(start, |e| e + 1);
+            let ws = |c: u8| (c == b' ') | (0x09..=0x0D).contains(&c);
+            if let Some(core) = s.get(start..end)
+                && !any_pair(core.as_bytes(), |p, c| {
+                    (ws(c) & (c != b' ')) | (ws(p) & ws(c))
+                })
+            {
+                word(self, core);
+                if s.ends_with(char::is_whitespace) {
+                    self.pending_space = true;
+                }
+                return;
+            }
             let mut i = 0;
             while i < b.len() {
                 while i < b.len() && is_ws(b[i]) {
@@ -319,6 +337,48 @@ pub(crate) fn strip_tags_into(html: &str, out: &mut String, cap: usize) {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn ascii_runs_match_split_whitespace() {
+        // The non-ASCII branch of `TextBuf::text`, for any input.
+        fn reference(t: &mut TextBuf, s: &str) {
+            if s.starts_with(char::is_whitespace) {
+                t.pending_space = true;
+            }
+            let mut first = true;
+            for w in s.split_whitespace() {
+                if first {
+                    t.flush();
+                    first = false;
+                } else {
+                    t.out.push(' ');
+                }
+                t.out.push_str(w);
+            }
+            if s.ends_with(char::is_whitespace) {
+                t.pending_space = true;
+            }
+        }
+        let parts = [
+            "a", "bc", " ", "  ", "\n", "\t", "\r\n", "\x0b", "\x0c", "x y", "", ".",
+        ];
+        for a in parts {
+            for b in parts {
+                for c in parts {
+                    let s = format!("{a}{b}{c}");
+                    let (mut fast, mut slow) = (TextBuf::default(), TextBuf::default());
+                    for t in [&mut fast, &mut slow] {
+                        t.out.push('w');
+                    }
+                    fast.text(&s, false);
+                    reference(&mut slow, &s);
+                    fast.text("z", false);
+                    reference(&mut slow, "z");
+                    assert_eq!(fast.out, slow.out, "{s:?}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn collapses_whitespace_and_breaks() {
