@@ -218,13 +218,13 @@ impl Service {
                 .zip(&verdicts)
                 .take(verdicts.len() - 1)
                 .any(|(o, v)| v.is_ok() && o.out.draft.as_ref().map(|d| &d.0) == Some(draft_id));
-            if current.map(|c| c.0) != Some(*version) || taken {
-                if let Some(v) = verdicts.last_mut() {
-                    *v = Err(Refusal::Refused(Error::conflict(
-                        "draft-changed",
-                        "the draft changed while it was being sent; send it again",
-                    )));
-                }
+            if (current.map(|c| c.0) != Some(*version) || taken)
+                && let Some(v) = verdicts.last_mut()
+            {
+                *v = Err(Refusal::Refused(Error::conflict(
+                    "draft-changed",
+                    "the draft changed while it was being sent; send it again",
+                )));
             }
         }
         // The caps, per agent, over the sends still standing, in order.
