@@ -325,6 +325,27 @@ From: sender@agents.localhost\r\nMessage-ID: <{header}>\r\n\r\n--b--\r\n"
         2,
         "the refused message was not delivered"
     );
+
+    // A large message (its bytes are read by its own delivery task, not
+    // with the claim) goes out whole and signed.
+    use base64::Engine;
+    let big = base64::engine::general_purpose::STANDARD.encode(vec![b'x'; 300 * 1024]);
+    let body = json!({
+        "to": ["big@remote.test"],
+        "subject": "Large attachment",
+        "text": "See attached.",
+        "attachments": [{"filename": "big.bin", "content_type": "application/octet-stream", "content": big}]
+    });
+    let (s, sent) = server
+        .post(&format!("/v1/agents/{id}/messages/send"), &token, body)
+        .await;
+    assert_eq!(s, 202, "{sent}");
+    wait_for("large delivery", 30, || r.messages().len() == 3).await;
+    let m = &r.messages()[2];
+    assert!(raw_of(m).len() > 400 * 1024, "the whole message arrived");
+    for sig in m["dkim"].as_array().unwrap() {
+        assert_eq!(sig["ok"], true, "dkimpy verification: {sig}");
+    }
 }
 
 async fn receiver_down_across_restart(backend: Backend) {

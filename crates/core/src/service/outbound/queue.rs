@@ -57,15 +57,20 @@ pub type DeliveryFuture<'a> =
 struct Claimed {
     send_id: String,
     rows: Vec<(String, String, i64)>, // (queue id, recipient, attempts)
-    /// The send's envelope sender and bytes, read for the whole claim.
+    /// The send's envelope sender, and its bytes when small (read for the
+    /// whole claim; see `load_claimed`).
     mail_from: String,
-    raw: Arc<Vec<u8>>,
+    blob_hash: String,
+    raw: Option<Arc<Vec<u8>>>,
 }
 
 /// Most recipient rows claimed at once.
 const CLAIM: i64 = 200;
 /// Values per `IN (…)` list (far below both backends' bind limits).
 const PREFETCH_CHUNK: usize = 300;
+/// Messages up to this size are read with the claim; larger ones by
+/// their delivery task.
+const PREFETCH_BYTES_MAX: i64 = 128 * 1024;
 /// Most delivery attempts recorded in one transaction.
 const MAX_RESULTS_BATCH: usize = 128;
 
@@ -189,7 +194,8 @@ impl Service {
                     send_id,
                     rows: vec![],
                     mail_from: String::new(),
-                    raw: Arc::default(),
+                    blob_hash: String::new(),
+                    raw: None,
                 })
                 .rows
                 .push((
@@ -203,9 +209,11 @@ impl Service {
         Ok(claimed)
     }
 
-    /// The claimed sends' envelope senders and bytes: two reads for the
-    /// whole claim instead of two per send. A send whose row or bytes are
-    /// gone is dropped (its lease expires; a purge removes its rows).
+    /// The claimed sends' envelope senders, and the bytes of the small ones:
+    /// two reads for the whole claim instead of two per send. A large
+    /// message is read by its own delivery task when a permit lets it run,
+    /// so a claim never holds many large messages in memory at once. A send
+    /// whose row is gone is dropped (a purge removed it with its rows).
     async fn load_claimed(&self, claimed: &mut Vec<Claimed>) -> Result<()> {
         let dialect = self.db.dialect;
         let mut ids: Vec<String> = claimed.iter().map(|c| c.send_id.clone()).collect();
@@ -215,25 +223,32 @@ impl Service {
         let mut blobs: HashMap<String, Arc<Vec<u8>>> = HashMap::new();
         for chunk in ids.chunks(PREFETCH_CHUNK) {
             let sql = format!(
-                "SELECT id, mail_from, blob_hash FROM sends WHERE id IN ({})",
+                "SELECT id, mail_from, blob_hash, size_bytes FROM sends WHERE id IN ({})",
                 list_marks(dialect, 1, chunk.len())
             );
-            let mut q = sqlx::query_as::<_, (String, String, String)>(AssertSqlSafe(sql));
+            let mut q = sqlx::query_as::<_, (String, String, String, i64)>(AssertSqlSafe(sql));
             for id in chunk {
                 q = q.bind(id.clone());
             }
             let rows = q.fetch_all(&self.db.pool).await?;
-            let hashes: Vec<String> = rows.iter().map(|r| r.2.clone()).collect();
-            sends.extend(rows.into_iter().map(|(id, from, hash)| (id, (from, hash))));
-            if hashes.is_empty() {
+            let small: Vec<String> = rows
+                .iter()
+                .filter(|r| r.3 <= PREFETCH_BYTES_MAX)
+                .map(|r| r.2.clone())
+                .collect();
+            sends.extend(
+                rows.into_iter()
+                    .map(|(id, from, hash, _)| (id, (from, hash))),
+            );
+            if small.is_empty() {
                 continue;
             }
             let sql = format!(
                 "SELECT hash, data FROM blobs WHERE hash IN ({})",
-                list_marks(dialect, 1, hashes.len())
+                list_marks(dialect, 1, small.len())
             );
             let mut q = sqlx::query_as::<_, (String, Vec<u8>)>(AssertSqlSafe(sql));
-            for h in hashes {
+            for h in small {
                 q = q.bind(h);
             }
             blobs.extend(
@@ -243,27 +258,15 @@ impl Service {
                     .map(|(h, d)| (h, Arc::new(d))),
             );
         }
-        let mut keep = Vec::with_capacity(claimed.len());
-        for mut c in claimed.drain(..) {
-            let Some((mail_from, hash)) = sends.get(&c.send_id) else {
-                continue;
-            };
-            let raw = match blobs.get(hash) {
-                Some(raw) => raw.clone(),
-                // Large messages are files.
-                None => match self.db.blobs.get(&self.db.pool, hash).await? {
-                    Some(raw) => Arc::new(raw),
-                    None => {
-                        tracing::error!(send_id = %c.send_id, blob = %hash, "a queued send's bytes are missing");
-                        continue;
-                    }
-                },
-            };
-            c.mail_from = mail_from.clone();
-            c.raw = raw;
-            keep.push(c);
-        }
-        *claimed = keep;
+        claimed.retain_mut(|c| match sends.get(&c.send_id) {
+            Some((mail_from, hash)) => {
+                c.mail_from = mail_from.clone();
+                c.raw = blobs.get(hash).cloned();
+                c.blob_hash = hash.clone();
+                true
+            }
+            None => false,
+        });
         Ok(())
     }
 
@@ -273,10 +276,20 @@ impl Service {
         batch: Claimed,
         record: &tokio::sync::mpsc::Sender<Attempted>,
     ) -> Result<()> {
+        let raw = match &batch.raw {
+            Some(raw) => raw.clone(),
+            None => Arc::new(
+                self.db
+                    .blobs
+                    .get(&self.db.pool, &batch.blob_hash)
+                    .await?
+                    .ok_or_else(|| {
+                        Error::Internal(format!("send blob {} is missing", batch.blob_hash))
+                    })?,
+            ),
+        };
         let rcpts: Vec<String> = batch.rows.iter().map(|r| r.1.clone()).collect();
-        let results = transport
-            .deliver(&batch.mail_from, &rcpts, &batch.raw)
-            .await;
+        let results = transport.deliver(&batch.mail_from, &rcpts, &raw).await;
         let (recorded, answer) = tokio::sync::oneshot::channel();
         record
             .send(Attempted {
