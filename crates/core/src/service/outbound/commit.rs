@@ -1,14 +1,16 @@
-//! Group commit of sends. Each API call builds, signs and parses its
-//! message in parallel with every other; then one committer task takes
-//! every send that is waiting (up to `MAX_BATCH`) and records them all in
-//! ONE write transaction: cap counters, send rows, sent copies, local
-//! deliveries, queue rows, audit entries and events. A send refused over
-//! its cap (or by a changed draft) leaves nothing behind while the rest of
-//! the batch commits. The caps stay
+//! Group commit of sends and delivery results. Each API call builds,
+//! signs and parses its message in parallel with every other, and the
+//! delivery worker talks SMTP for many messages at once; then one committer
+//! task per node takes everything that is waiting (up to `MAX_BATCH`) and
+//! records it all in ONE write transaction: cap counters, send rows, sent
+//! copies, local deliveries, queue rows, delivery results, bounces, audit
+//! entries and events. A send refused over its cap (or by a changed draft)
+//! leaves nothing behind while the rest of the batch commits. The caps stay
 //! exact: every counter is incremented in the database, inside the batch,
 //! under the org-wide write lock, so two nodes on one PostgreSQL cannot
 //! exceed them together.
 
+use super::queue::Attempted;
 use super::send::{Outgoing, OverCap, RecipientStatus, SendInfo, count_sends};
 use crate::audit::NewEntry;
 use crate::error::{Error, Result};
@@ -101,9 +103,15 @@ pub(crate) struct PendingSend {
     pub parsed: Option<Parsed>,
 }
 
-pub(crate) struct Job {
-    send: PendingSend,
-    reply: oneshot::Sender<Result<Option<SendInfo>>>,
+/// What the group commit records: a send from the API, or a delivery
+/// attempt's results from this node's worker.
+pub(crate) enum Job {
+    Send {
+        // Boxed: a pending send is over a kilobyte, an attempt a few words.
+        send: Box<PendingSend>,
+        reply: oneshot::Sender<Result<Option<SendInfo>>>,
+    },
+    Attempt(Attempted),
 }
 
 /// Why one send of a batch was not recorded.
@@ -118,38 +126,82 @@ enum Refusal {
 pub(crate) type SendQueue = std::sync::Arc<std::sync::OnceLock<mpsc::Sender<Job>>>;
 
 impl Service {
+    /// The group commit's queue, its committer started on first use.
+    fn commit_queue(&self) -> &mpsc::Sender<Job> {
+        self.send_queue.get_or_init(|| {
+            let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
+            tokio::spawn(committer(self.clone(), rx));
+            queue
+        })
+    }
+
     /// Records one send through the group commit; resolves after the
     /// commit with this send's own outcome: the send as committed when the
     /// batch wrote it whole (else the caller reads it back).
     pub(crate) async fn commit_send_grouped(&self, send: PendingSend) -> Result<Option<SendInfo>> {
-        let queue = self.send_queue.get_or_init(|| {
-            let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
-            tokio::spawn(committer(self.clone(), rx));
-            queue
-        });
         let (reply, answer) = oneshot::channel();
-        queue
-            .send(Job { send, reply })
+        self.commit_queue()
+            .send(Job::Send {
+                send: Box::new(send),
+                reply,
+            })
             .await
-            .map_err(|_| Error::Internal("the send committer has stopped".into()))?;
+            .map_err(|_| Error::Internal("the group commit has stopped".into()))?;
         answer
             .await
-            .unwrap_or_else(|_| Err(Error::Internal("the send committer has stopped".into())))
+            .unwrap_or_else(|_| Err(Error::Internal("the group commit has stopped".into())))
     }
 
-    /// Records a batch in one transaction; returns one outcome per send, in
-    /// order. A send refused by a check (its cap, a changed draft) leaves
-    /// nothing behind and the others commit; an `Err` means nothing of the
-    /// batch was committed. (No savepoint per send: on SQLite each one
-    /// journals pages and flushes the full-text index's pending terms.)
-    async fn commit_sends(&self, batch: &[PendingSend]) -> Result<Vec<Result<Option<SendInfo>>>> {
+    /// Hands a delivery attempt's results to the group commit; its
+    /// `recorded` channel answers after the commit.
+    pub(crate) async fn commit_attempt(&self, attempt: Attempted) -> Result<()> {
+        self.commit_queue()
+            .send(Job::Attempt(attempt))
+            .await
+            .map_err(|_| Error::Internal("the group commit has stopped".into()))
+    }
+
+    /// One transaction for the sends and the delivery results waiting:
+    /// one commit (one WAL flush, one turn at the org-wide lock) for both.
+    /// Returns one outcome per send, in order; an `Err` means nothing was
+    /// committed.
+    async fn commit_batch(
+        &self,
+        sends: &[PendingSend],
+        attempts: &[Attempted],
+    ) -> Result<Vec<Result<Option<SendInfo>>>> {
         let now = self.now();
         let mut tx = self.db.begin_write().await?;
         let mut b = Batch::default();
-        let local = b.local_domains(self, &mut tx).await?.to_vec();
+        let results = if sends.is_empty() {
+            vec![]
+        } else {
+            self.record_sends(&mut tx, &mut b, sends, now).await?
+        };
+        if !attempts.is_empty() {
+            self.record_attempts(&mut tx, &mut b, attempts, now).await?;
+        }
+        b.flush(&mut tx, now).await?;
+        tx.commit().await?;
+        Ok(results)
+    }
+
+    /// Records sends inside the group commit's `tx`; one outcome per send,
+    /// in order. A send refused by a check (its cap, a changed draft)
+    /// leaves nothing behind and the others commit. (No savepoint per send:
+    /// on SQLite each one journals pages and flushes the full-text index's
+    /// pending terms.)
+    async fn record_sends(
+        &self,
+        tx: &mut Tx,
+        b: &mut Batch,
+        batch: &[PendingSend],
+        now: i64,
+    ) -> Result<Vec<Result<Option<SendInfo>>>> {
+        let local = b.local_domains(self, tx).await?.to_vec();
         let mut results = Vec::with_capacity(batch.len());
         let mut together: Vec<(usize, &PendingSend)> = Vec::with_capacity(batch.len());
-        let verdicts = self.admit_sends(&mut tx, batch, now).await?;
+        let verdicts = self.admit_sends(tx, batch, now).await?;
         for (send, verdict) in batch.iter().zip(verdicts) {
             match verdict {
                 Ok(()) => {}
@@ -173,7 +225,7 @@ impl Service {
                     .is_some_and(|(_, d)| local.iter().any(|l| l == d))
             });
             if send.hold || send.early_blob.is_some() || has_local {
-                self.record_send_alone(&mut tx, &mut b, send, now).await?;
+                self.record_send_alone(tx, b, send, now).await?;
             } else {
                 b.record(send_entry(send, "success"), None);
                 together.push((results.len(), send));
@@ -181,12 +233,10 @@ impl Service {
             results.push(Ok(None));
         }
         let sends: Vec<&PendingSend> = together.iter().map(|t| t.1).collect();
-        let infos = self.queue_together(&mut tx, &mut b, &sends, now).await?;
+        let infos = self.queue_together(tx, b, &sends, now).await?;
         for ((slot, _), info) in together.iter().zip(infos) {
             results[*slot] = Ok(Some(info));
         }
-        b.flush(&mut tx, now).await?;
-        tx.commit().await?;
         Ok(results)
     }
 
@@ -510,36 +560,61 @@ fn over_cap_record(s: &PendingSend, over: &OverCap) -> (NewEntry, serde_json::Va
 async fn committer(svc: Service, mut rx: mpsc::Receiver<Job>) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
-        let (sends, replies): (Vec<_>, Vec<_>) = std::mem::take(&mut jobs)
-            .into_iter()
-            .map(|j| (j.send, j.reply))
-            .unzip();
+        let mut sends = Vec::new();
+        let mut replies = Vec::new();
+        let mut attempts = Vec::new();
+        for job in jobs.drain(..) {
+            match job {
+                Job::Send { send, reply } => {
+                    sends.push(*send);
+                    replies.push(reply);
+                }
+                Job::Attempt(a) => attempts.push(a),
+            }
+        }
         let started = std::time::Instant::now();
-        let results = match svc.commit_sends(&sends).await {
-            Ok(r) => r,
-            Err(e) if sends.len() > 1 => {
-                // One send's trouble must not sink the others: retry alone.
-                tracing::warn!(error = %e, batch = sends.len(), "send group commit failed; committing one by one");
-                let mut out = Vec::with_capacity(sends.len());
-                for s in &sends {
-                    out.push(match svc.commit_sends(std::slice::from_ref(s)).await {
+        match svc.commit_batch(&sends, &attempts).await {
+            Ok(results) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+                for a in attempts {
+                    let _ = a.recorded.send(Ok(()));
+                }
+            }
+            Err(e) if sends.len() + attempts.len() == 1 => {
+                if let Some(reply) = replies.pop() {
+                    let _ = reply.send(Err(e));
+                } else if let Some(a) = attempts.pop() {
+                    let _ = a.recorded.send(Err(e));
+                }
+            }
+            Err(e) => {
+                // One item's trouble must not sink the others: each alone.
+                tracing::warn!(error = %e, sends = sends.len(), attempts = attempts.len(),
+                    "group commit failed; committing one by one");
+                for (s, reply) in sends.iter().zip(replies) {
+                    let result = match svc.commit_batch(std::slice::from_ref(s), &[]).await {
                         Ok(mut r) => r.pop().unwrap_or_else(|| {
                             Err(Error::Internal("the send commit returned nothing".into()))
                         }),
                         Err(e) => Err(e),
-                    });
+                    };
+                    let _ = reply.send(result);
                 }
-                out
+                for a in attempts {
+                    let outcome = svc
+                        .commit_batch(&[], std::slice::from_ref(&a))
+                        .await
+                        .map(|_| ());
+                    let _ = a.recorded.send(outcome);
+                }
             }
-            Err(e) => vec![Err(e)],
-        };
-        tracing::debug!(
-            batch = sends.len(),
-            elapsed_us = started.elapsed().as_micros() as u64,
-            "send group commit"
-        );
-        for (reply, result) in replies.into_iter().zip(results) {
-            let _ = reply.send(result);
         }
+        tracing::debug!(
+            sends = sends.len(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "group commit"
+        );
     }
 }

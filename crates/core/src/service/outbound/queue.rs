@@ -54,7 +54,7 @@ pub type DeliveryFuture<'a> =
     Pin<Box<dyn Future<Output = Vec<(String, DeliveryResult)>> + Send + 'a>>;
 
 /// Claimed recipients of one send on one domain.
-struct Claimed {
+pub(crate) struct Claimed {
     send_id: String,
     rows: Vec<(String, String, i64)>, // (queue id, recipient, attempts)
     /// The send's envelope sender, and its bytes when small (read for the
@@ -71,14 +71,12 @@ const PREFETCH_CHUNK: usize = 300;
 /// Messages up to this size are read with the claim; larger ones by
 /// their delivery task.
 const PREFETCH_BYTES_MAX: i64 = 128 * 1024;
-/// Most delivery attempts recorded in one transaction.
-const MAX_RESULTS_BATCH: usize = 128;
 
-/// One attempt's results, waiting for the results committer.
-struct Attempted {
+/// One attempt's results, waiting for the group commit.
+pub(crate) struct Attempted {
     batch: Claimed,
     results: Vec<(String, DeliveryResult)>,
-    recorded: tokio::sync::oneshot::Sender<Result<()>>,
+    pub(crate) recorded: tokio::sync::oneshot::Sender<Result<()>>,
 }
 
 impl Service {
@@ -93,10 +91,6 @@ impl Service {
             self.cfg.outbound.concurrency.max(1),
         ));
         let mut inflight = tokio::task::JoinSet::new();
-        // Results are recorded in batches (group commit): one commit for
-        // every attempt that finished meanwhile, not one per message.
-        let (record, attempts) = tokio::sync::mpsc::channel(1024);
-        let committer = tokio::spawn(self.clone().results_committer(attempts));
         // Expiry is checked once a second, not on every claim of a busy queue.
         let mut next_expiry = tokio::time::Instant::now();
         loop {
@@ -128,10 +122,9 @@ impl Service {
                 };
                 let svc = self.clone();
                 let transport = transport.clone();
-                let record = record.clone();
                 inflight.spawn(async move {
                     let send_id = batch.send_id.clone();
-                    if let Err(e) = svc.deliver_batch(&*transport, batch, &record).await {
+                    if let Err(e) = svc.deliver_batch(&*transport, batch).await {
                         tracing::error!(%send_id, error = %e, "outbound delivery failed; the lease will expire and it will be retried");
                     }
                     drop(permit);
@@ -151,8 +144,6 @@ impl Service {
         // Deliveries in flight finish (their leases would otherwise expire
         // and they would be sent twice).
         while inflight.join_next().await.is_some() {}
-        drop(record);
-        let _ = committer.await;
     }
 
     async fn claim_outbound(&self, node: &str, n: i64) -> Result<Vec<Claimed>> {
@@ -270,12 +261,7 @@ impl Service {
         Ok(())
     }
 
-    async fn deliver_batch(
-        &self,
-        transport: &dyn OutboundTransport,
-        batch: Claimed,
-        record: &tokio::sync::mpsc::Sender<Attempted>,
-    ) -> Result<()> {
+    async fn deliver_batch(&self, transport: &dyn OutboundTransport, batch: Claimed) -> Result<()> {
         let raw = match &batch.raw {
             Some(raw) => raw.clone(),
             None => Arc::new(
@@ -290,62 +276,32 @@ impl Service {
         };
         let rcpts: Vec<String> = batch.rows.iter().map(|r| r.1.clone()).collect();
         let results = transport.deliver(&batch.mail_from, &rcpts, &raw).await;
+        // Recorded by the group commit, with the sends and other results
+        // waiting at that moment.
         let (recorded, answer) = tokio::sync::oneshot::channel();
-        record
-            .send(Attempted {
-                batch,
-                results,
-                recorded,
-            })
-            .await
-            .map_err(|_| Error::Internal("the results committer has stopped".into()))?;
+        self.commit_attempt(Attempted {
+            batch,
+            results,
+            recorded,
+        })
+        .await?;
         answer
             .await
-            .unwrap_or_else(|_| Err(Error::Internal("the results committer has stopped".into())))
+            .unwrap_or_else(|_| Err(Error::Internal("the group commit has stopped".into())))
     }
 
-    /// Records finished attempts, one transaction for all that are
-    /// waiting. If that fails, each is tried alone, so that one bad attempt
-    /// does not hold up the others (a failing one's lease expires and it is
-    /// retried).
-    async fn results_committer(
-        self: Arc<Self>,
-        mut attempts: tokio::sync::mpsc::Receiver<Attempted>,
-    ) {
-        let mut waiting = Vec::with_capacity(MAX_RESULTS_BATCH);
-        while attempts.recv_many(&mut waiting, MAX_RESULTS_BATCH).await > 0 {
-            let batch = std::mem::take(&mut waiting);
-            match self.record_attempts(&batch).await {
-                Ok(()) => {
-                    for a in batch {
-                        let _ = a.recorded.send(Ok(()));
-                    }
-                }
-                Err(e) if batch.len() == 1 => {
-                    if let Some(a) = batch.into_iter().next() {
-                        let _ = a.recorded.send(Err(e));
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, batch = batch.len(), "recording delivery results failed; recording one by one");
-                    for a in batch {
-                        let outcome = self.record_attempts(std::slice::from_ref(&a)).await;
-                        let _ = a.recorded.send(outcome);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Records a batch of attempts in one transaction: the sends' agents in
-    /// one read, every delivered recipient in one multi-row update, each
-    /// deferred or failed one on its own (with its bounce), then the sends
-    /// whose last recipient finished.
-    async fn record_attempts(&self, batch: &[Attempted]) -> Result<()> {
-        let now = self.now();
-        let mut tx = self.db.begin_write().await?;
-        let mut b = Batch::default();
-        let dialect = Dialect::of(&tx);
+    /// Records a batch of attempts inside the group commit's `tx`: the
+    /// sends' agents in one read, every delivered recipient in one
+    /// multi-row update, each deferred or failed one on its own (with its
+    /// bounce), then the sends whose last recipient finished.
+    pub(crate) async fn record_attempts(
+        &self,
+        tx: &mut Tx,
+        b: &mut Batch,
+        batch: &[Attempted],
+        now: i64,
+    ) -> Result<()> {
+        let dialect = Dialect::of(tx);
         let mut send_ids: Vec<&str> = batch.iter().map(|a| a.batch.send_id.as_str()).collect();
         send_ids.sort_unstable();
         send_ids.dedup();
@@ -360,23 +316,15 @@ impl Service {
             for id in chunk {
                 q = q.bind(id.to_string());
             }
-            agents.extend(q.fetch_all(&mut *tx).await?);
+            agents.extend(q.fetch_all(&mut **tx).await?);
         }
         let mut delivered: Vec<(&str, i64, String)> = vec![];
         for a in batch {
             let Some(agent_id) = agents.get(&a.batch.send_id) else {
                 continue;
             };
-            self.record_results(
-                &mut tx,
-                &mut b,
-                &a.batch,
-                agent_id,
-                &a.results,
-                &mut delivered,
-                now,
-            )
-            .await?;
+            self.record_results(tx, b, &a.batch, agent_id, &a.results, &mut delivered, now)
+                .await?;
         }
         for chunk in delivered.chunks(100) {
             let sql = format!(
@@ -392,16 +340,13 @@ impl Service {
                     .bind(reply.clone())
                     .bind(now);
             }
-            q.execute(&mut *tx).await?;
+            q.execute(&mut **tx).await?;
         }
         let finished: Vec<&str> = send_ids
             .into_iter()
             .filter(|id| agents.contains_key(*id))
             .collect();
-        self.finish_sends(&mut tx, &finished, now).await?;
-        b.flush(&mut tx, now).await?;
-        tx.commit().await?;
-        Ok(())
+        self.finish_sends(tx, &finished, now).await
     }
 
     /// One attempt's results inside `tx`: delivered recipients are gathered
