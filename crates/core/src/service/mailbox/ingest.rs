@@ -358,6 +358,9 @@ impl Service {
                     },
                     parsed: c.parsed,
                     blob_hash: c.blob_hash,
+                    // Filing pairs envelope recipients with agent keys:
+                    // one key, the sending agent's, files exactly one copy
+                    // (a send has at least one recipient).
                     rcpt_keys: vec![key],
                     participants,
                     filing: Filing::SentCopy,
