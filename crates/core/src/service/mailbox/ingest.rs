@@ -130,7 +130,7 @@ impl Ingest {
     /// Starts the committer task.
     pub fn start(svc: Arc<Service>) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(committer(svc.clone(), rx));
+        svc.spawn_committer("agentpost-ingest-commit", committer(svc.clone(), rx));
         Ingest { svc, queue }
     }
 

@@ -126,38 +126,15 @@ enum Refusal {
 pub(crate) type SendQueue = std::sync::Arc<std::sync::OnceLock<mpsc::Sender<Job>>>;
 
 impl Service {
-    /// The group commit's queue, its committer started on first use.
-    ///
-    /// The committer's own handle on the service has no queue of its own,
-    /// so it stops once every other handle is gone. On SQLite it runs on a
-    /// thread of its own: as a task among the request tasks it waited
-    /// behind them at each of its statements (about 200 µs a statement
-    /// under load, which made the one committer the bottleneck). SQLite's
-    /// connections are threads reached over channels, so any runtime can
-    /// drive them; PostgreSQL's sockets belong to the server's runtime.
+    /// The group commit's queue, its committer started on first use. The
+    /// committer's own handle on the service has no queue of its own, so it
+    /// stops once every other handle is gone.
     fn commit_queue(&self) -> &mpsc::Sender<Job> {
         self.send_queue.get_or_init(|| {
             let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
             let mut svc = self.clone();
             svc.send_queue = Default::default();
-            if self.db.dialect == Dialect::Sqlite {
-                let thread = std::thread::Builder::new()
-                    .name("agentpost-commit".into())
-                    .spawn(move || {
-                        match tokio::runtime::Builder::new_current_thread()
-                            .enable_all()
-                            .build()
-                        {
-                            Ok(rt) => rt.block_on(committer(svc, rx)),
-                            Err(e) => tracing::error!(error = %e, "cannot start the group commit's runtime"),
-                        }
-                    });
-                if let Err(e) = thread {
-                    tracing::error!(error = %e, "cannot start the group commit's thread");
-                }
-            } else {
-                tokio::spawn(committer(svc, rx));
-            }
+            self.spawn_committer("agentpost-send-commit", committer(svc, rx));
             queue
         })
     }
