@@ -18,7 +18,7 @@ use crate::service::mailbox::ingest::SentCopy;
 use crate::service::mailbox::parse::Parsed;
 use crate::service::policies::PolicySettings;
 use crate::service::{Agent, Ctx, Service};
-use crate::store::{Dialect, Tx, blob_hash, value_groups};
+use crate::store::{Dialect, Tx, value_groups};
 // Dynamic SQL here is assembled from constant fragments and placeholders
 // only; every value is bound.
 use serde_json::json;
@@ -322,7 +322,8 @@ impl Service {
                 agent_address: s.agent.address.clone(),
                 recipients: s.out.recipients.clone(),
                 raw: s.out.raw.clone(),
-                blob_hash: blob_hash(&s.out.raw),
+                // The send's SHA-256 is its blob's content address.
+                blob_hash: s.sha256.clone(),
                 parsed: s.parsed.clone().unwrap_or_default(),
             })
             .collect();
@@ -345,7 +346,7 @@ impl Service {
                     .bind(s.send_id.clone())
                     .bind(s.agent.id.0.clone())
                     .bind(s.out.draft.as_ref().map(|d| d.0.clone()))
-                    .bind(blob_hash(&s.out.raw))
+                    .bind(s.sha256.clone())
                     .bind(s.sha256.clone())
                     .bind(s.out.raw.len() as i64)
                     .bind(s.out.mail_from.clone())

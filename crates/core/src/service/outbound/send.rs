@@ -10,11 +10,10 @@ use crate::service::mailbox::ingest::{Envelope, insert_message};
 use crate::service::mailbox::parse::{self, Parsed};
 use crate::service::policies::{Confirmation, PolicySettings, effective_policy};
 use crate::service::{Agent, AgentStatus, Ctx, Page, PrincipalKind, Service, page_limit, paginate};
-use crate::store::Tx;
+use crate::store::{Tx, blob_hash};
 use chrono::{Datelike, TimeZone, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sha2::Digest;
 use sqlx::Row;
 
 pub(crate) const HOUR_MICROS: i64 = 3_600_000_000;
@@ -213,10 +212,6 @@ fn hour_key(now: i64) -> (String, i64) {
         format!("hour:{}", t.format("%Y-%m-%dT%H")),
         start + HOUR_MICROS,
     )
-}
-
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 const SEND_COLUMNS: &str = "id, agent_id, draft_id, status, blob_hash, sha256, size_bytes, mail_from, recipients, \
@@ -480,7 +475,8 @@ impl Service {
         out: Outgoing,
     ) -> Result<SendInfo> {
         let hold = self.needs_confirmation(policy, &out.recipients).await?;
-        let sha256 = sha256_hex(&out.raw);
+        // The SHA-256 a human confirms is also the blob's content address.
+        let sha256 = blob_hash(&out.raw);
         // A large blob is stored before the transaction, outside the write
         // lock (an aborted send leaves an orphan the collector removes); a
         // small one joins the transaction instead, saving a commit per send.
@@ -1028,7 +1024,7 @@ impl Service {
             ));
         }
         let raw = self.get_send_raw(ctx, send_id).await?;
-        if sha256_hex(&raw) != info.sha256 {
+        if blob_hash(&raw) != info.sha256 {
             return Err(Error::Internal(format!(
                 "send {send_id}: stored bytes do not match their hash"
             )));
