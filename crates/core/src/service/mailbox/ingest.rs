@@ -31,6 +31,14 @@ use tokio::sync::{mpsc, oneshot};
 // placeholders only; every value is bound.
 use sqlx::AssertSqlSafe;
 
+/// A mailbox entry's columns: its own state, then the copies of its
+/// message's list columns (`ENTRY_MESSAGE_COLUMNS`, read from `messages m`)
+/// that let a page be read from the entries alone.
+const ENTRY_COLUMNS: &str = "agent_id, message_id, thread_id, folder, unread, starred, received_at, folder_at, size_bytes, \
+     seq, subject, from_json, to_json, cc_json, snippet, date_at, has_attachments, message_id_header, from_key, to_key";
+const ENTRY_MESSAGE_COLUMNS: &str = "m.seq, m.subject, m.from_json, m.to_json, m.cc_json, m.snippet, m.date_at, \
+     CASE WHEN length(m.attachments) > 2 THEN 1 ELSE 0 END, m.message_id_header, m.from_key, m.to_key";
+
 /// Most deliveries committed in one transaction: bounds the time the write
 /// lock is held and the work lost to a failed batch.
 const MAX_BATCH: usize = 128;
@@ -489,7 +497,7 @@ impl Service {
         for chunk in ids.chunks(PREFETCH_CHUNK) {
             let sql = format!(
                 "SELECT e.agent_id, e.message_id, e.thread_id, e.received_at, t.participants \
-                 FROM mailbox_entries e JOIN threads t ON t.id = e.thread_id \
+                 FROM mailbox_entries e JOIN threads t ON t.agent_id = e.agent_id AND t.id = e.thread_id \
                  WHERE e.message_id IN ({}) AND e.agent_id IN ({})",
                 list_marks(dialect, 1, chunk.len()),
                 list_marks(dialect, chunk.len() + 1, agents.len())
@@ -1000,10 +1008,10 @@ impl Service {
             .thread_for(tx, &mut st, agent_id, pm, participants, now)
             .await?;
         st.flush_threads(tx).await?;
-        sqlx::query(
-            "INSERT INTO mailbox_entries (agent_id, message_id, thread_id, folder, unread, starred, received_at, folder_at, size_bytes) \
-             VALUES ($1, $2, $3, $4, $5, 0, $6, $6, $7)",
-        )
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO mailbox_entries ({ENTRY_COLUMNS}) \
+             SELECT $1, $2, $3, $4, $5, 0, $6, $6, $7, {ENTRY_MESSAGE_COLUMNS} FROM messages m WHERE m.id = $2"
+        )))
         .bind(agent_id)
         .bind(message_id)
         .bind(&thread_id)
@@ -1233,12 +1241,12 @@ impl Batch {
             q.execute(&mut **tx).await?;
         }
         for chunk in self.entries.chunks(100) {
+            // The list columns come from the message rows just written.
             let sql = format!(
-                "INSERT INTO mailbox_entries (agent_id, message_id, thread_id, folder, unread, starred, received_at, folder_at, size_bytes) VALUES {}",
-                value_groups(dialect, chunk.len(), 8, |m| format!(
-                    "({}, {}, {}, {}, {}, 0, {}, {}, {})",
-                    m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7]
-                ))
+                "INSERT INTO mailbox_entries ({ENTRY_COLUMNS}) \
+                 SELECT v.column1, v.column2, v.column3, v.column4, v.column5, 0, v.column6, v.column7, v.column8, \
+                 {ENTRY_MESSAGE_COLUMNS} FROM (VALUES {}) AS v JOIN messages m ON m.id = v.column2",
+                value_groups(dialect, chunk.len(), 8, parenthesised)
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for (agent, message, thread, folder, unread, size) in chunk {

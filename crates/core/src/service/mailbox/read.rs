@@ -176,15 +176,16 @@ enum Bind {
     S(String),
 }
 
+/// A summary is read from the entry alone: it carries copies of its
+/// message's list columns, so a page is one range of the agent's entries.
 const SUMMARY_COLUMNS: &str = "e.message_id, e.thread_id, e.folder, e.unread, e.starred, e.received_at, e.size_bytes, \
-     m.subject, m.from_json, m.to_json, m.cc_json, m.snippet, m.date_at, m.attachments, m.message_id_header";
+     e.subject, e.from_json, e.to_json, e.cc_json, e.snippet, e.date_at, e.has_attachments, e.message_id_header";
 
 fn addrs(json: &str) -> Vec<EmailAddress> {
     serde_json::from_str(json).unwrap_or_default()
 }
 
 fn summary_from_row(row: &sqlx::any::AnyRow) -> Result<MessageSummary> {
-    let attachments: String = row.try_get("attachments")?;
     Ok(MessageSummary {
         id: row.try_get("message_id")?,
         thread_id: row.try_get("thread_id")?,
@@ -201,7 +202,7 @@ fn summary_from_row(row: &sqlx::any::AnyRow) -> Result<MessageSummary> {
         cc: addrs(&row.try_get::<String, _>("cc_json")?),
         snippet: row.try_get("snippet")?,
         size_bytes: row.try_get("size_bytes")?,
-        has_attachments: attachments.len() > 2,
+        has_attachments: bool_of(row.try_get("has_attachments")?),
         message_id_header: row.try_get("message_id_header")?,
     })
 }
@@ -291,7 +292,7 @@ impl Service {
         }
         if let Some(f) = q.from.as_deref().filter(|s| !s.is_empty()) {
             add(
-                "m.from_key LIKE $? ESCAPE '\\'",
+                "e.from_key LIKE $? ESCAPE '\\'",
                 Bind::S(like_pattern(f)),
                 &mut binds,
                 &mut conds,
@@ -299,7 +300,7 @@ impl Service {
         }
         if let Some(t) = q.to.as_deref().filter(|s| !s.is_empty()) {
             add(
-                "m.to_key LIKE $? ESCAPE '\\'",
+                "e.to_key LIKE $? ESCAPE '\\'",
                 Bind::S(like_pattern(t)),
                 &mut binds,
                 &mut conds,
@@ -352,7 +353,7 @@ impl Service {
         let rows = match search {
             None => {
                 let sql = format!(
-                    "SELECT {SUMMARY_COLUMNS} FROM mailbox_entries e JOIN messages m ON m.id = e.message_id WHERE {} \
+                    "SELECT {SUMMARY_COLUMNS} FROM mailbox_entries e WHERE {} \
                      ORDER BY e.received_at DESC, e.message_id DESC LIMIT {}",
                     conds.join(" AND "),
                     limit + 1
@@ -423,16 +424,16 @@ impl Service {
         };
         let base = conds.join(" AND ");
         let window = format!(
-            "SELECT e.message_id, m.seq FROM mailbox_entries e JOIN messages m ON m.id = e.message_id WHERE {base} \
+            "SELECT e.message_id, e.seq FROM mailbox_entries e WHERE {base} \
              ORDER BY e.received_at DESC, e.message_id DESC LIMIT {SEARCH_WINDOW}"
         );
         // The window's matches come from one index lookup from its oldest key
         // on, not from a probe per entry (each probe re-opens the index).
         let sql = format!(
             "WITH w AS ({window}) \
-             SELECT {SUMMARY_COLUMNS} FROM mailbox_entries e JOIN messages m ON m.id = e.message_id \
+             SELECT {SUMMARY_COLUMNS} FROM mailbox_entries e \
              WHERE e.agent_id = $1 AND e.message_id IN (SELECT message_id FROM w) \
-             AND m.seq IN (SELECT message_search.rowid FROM message_search WHERE {matches} \
+             AND e.seq IN (SELECT message_search.rowid FROM message_search WHERE {matches} \
                  AND message_search.rowid >= (SELECT MIN(seq) FROM w)) \
              ORDER BY e.received_at DESC, e.message_id DESC LIMIT {}",
             limit + 1
@@ -502,7 +503,7 @@ impl Service {
     ) -> Result<sqlx::any::AnyRow> {
         let id = uuid::Uuid::parse_str(message_id).map_err(|_| Error::not_found("message"))?;
         let sql = format!(
-            "SELECT {SUMMARY_COLUMNS}, m.blob_hash, m.reply_to_json, m.in_reply_to, m.refs, m.mail_from, m.client_ip, m.helo, \
+            "SELECT {SUMMARY_COLUMNS}, m.attachments, m.blob_hash, m.reply_to_json, m.in_reply_to, m.refs, m.mail_from, m.client_ip, m.helo, \
              m.tls, m.auth_results FROM mailbox_entries e JOIN messages m ON m.id = e.message_id \
              WHERE e.agent_id = $1 AND e.message_id = $2"
         );
@@ -784,7 +785,7 @@ impl Service {
                     .collect();
                 let sql = format!(
                     "SELECT t.id, t.subject, t.participants, COUNT(*) AS n, CAST(SUM(e.unread) AS BIGINT) AS unread, \
-                     MAX(e.received_at) AS latest FROM mailbox_entries e JOIN threads t ON t.id = e.thread_id \
+                     MAX(e.received_at) AS latest FROM mailbox_entries e JOIN threads t ON t.agent_id = e.agent_id AND t.id = e.thread_id \
                      WHERE e.agent_id = $1 AND {folder_cond} AND e.thread_id IN ({}) GROUP BY t.id, t.subject, t.participants",
                     marks.join(", ")
                 );
@@ -870,7 +871,7 @@ impl Service {
         }
         let sql = format!(
             "SELECT t.id, t.subject, t.participants, COUNT(*) AS n, CAST(SUM(e.unread) AS BIGINT) AS unread, \
-             MAX(e.received_at) AS latest FROM mailbox_entries e JOIN threads t ON t.id = e.thread_id \
+             MAX(e.received_at) AS latest FROM mailbox_entries e JOIN threads t ON t.agent_id = e.agent_id AND t.id = e.thread_id \
              WHERE e.agent_id = $1 AND {folder_cond} GROUP BY t.id, t.subject, t.participants{having} \
              ORDER BY latest DESC, t.id DESC LIMIT {}",
             limit + 1
@@ -897,7 +898,7 @@ impl Service {
             .to_string();
         let row = sqlx::query(
             "SELECT t.id, t.subject, t.participants, COUNT(*) AS n, CAST(SUM(e.unread) AS BIGINT) AS unread, \
-             MAX(e.received_at) AS latest FROM mailbox_entries e JOIN threads t ON t.id = e.thread_id \
+             MAX(e.received_at) AS latest FROM mailbox_entries e JOIN threads t ON t.agent_id = e.agent_id AND t.id = e.thread_id \
              WHERE e.agent_id = $1 AND t.id = $2 GROUP BY t.id, t.subject, t.participants",
         )
         .bind(agent.id.as_str())
@@ -907,7 +908,7 @@ impl Service {
         .ok_or_else(|| Error::not_found("thread"))?;
         let thread = thread_from_row(&row)?;
         let sql = format!(
-            "SELECT {SUMMARY_COLUMNS} FROM mailbox_entries e JOIN messages m ON m.id = e.message_id \
+            "SELECT {SUMMARY_COLUMNS} FROM mailbox_entries e \
              WHERE e.agent_id = $1 AND e.thread_id = $2 ORDER BY e.received_at, e.message_id LIMIT 1000"
         );
         let rows = sqlx::query(AssertSqlSafe(sql))

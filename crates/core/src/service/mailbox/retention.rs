@@ -123,8 +123,14 @@ impl Service {
                 .execute(&mut **tx)
                 .await?;
             for t in &threads {
-                sqlx::query("DELETE FROM threads WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM mailbox_entries e WHERE e.thread_id = $1)")
-                    .bind(t)
+                // A thread and its entries share their agent: with it, the
+                // check is an index probe, not a scan of every mailbox.
+                sqlx::query(
+                    "DELETE FROM threads WHERE agent_id = $1 AND id = $2 \
+                     AND NOT EXISTS (SELECT 1 FROM mailbox_entries e WHERE e.agent_id = $1 AND e.thread_id = $2)",
+                )
+                .bind(agent_id)
+                .bind(t)
                     .execute(&mut **tx)
                     .await?;
             }
