@@ -31,9 +31,10 @@ use tokio::sync::{mpsc, oneshot};
 // placeholders only; every value is bound.
 use sqlx::AssertSqlSafe;
 
-/// A mailbox entry's columns: its own state, then the copies of its
-/// message's list columns (`ENTRY_MESSAGE_COLUMNS`, read from `messages m`)
-/// that let a page be read from the entries alone.
+/// A mailbox entry's columns: its own state, then copies of its message's
+/// list columns that let a page be read from the entries alone (the batch
+/// binds them from memory; a single filing reads them from `messages m` with
+/// `ENTRY_MESSAGE_COLUMNS`).
 const ENTRY_COLUMNS: &str = "agent_id, message_id, thread_id, folder, unread, starred, received_at, folder_at, size_bytes, \
      seq, subject, from_json, to_json, cc_json, snippet, date_at, has_attachments, message_id_header, from_key, to_key";
 const ENTRY_MESSAGE_COLUMNS: &str = "m.seq, m.subject, m.from_json, m.to_json, m.cc_json, m.snippet, m.date_at, \
@@ -671,7 +672,7 @@ impl Service {
             }
             st.entries.push((
                 r.agent_id.clone(),
-                id.clone(),
+                st.messages.len() - 1,
                 thread_id.clone(),
                 folder,
                 i64::from(inbound),
@@ -1099,8 +1100,8 @@ struct Batch {
     /// Raw messages small enough for the `blobs` table: (hash, bytes).
     table_blobs: Vec<(String, Vec<u8>)>,
     messages: Vec<MessageRow>,
-    /// (agent, message, thread, folder, unread, size)
-    entries: Vec<(String, String, String, &'static str, i64, i64)>,
+    /// (agent, index of the message in `messages`, thread, folder, unread, size)
+    entries: Vec<(String, usize, String, &'static str, i64, i64)>,
     /// (agent, bytes, messages) added
     usage: Vec<(String, i64, i64)>,
     threads: HashMap<String, ThreadState>,
@@ -1240,38 +1241,58 @@ impl Batch {
             }
             q.execute(&mut **tx).await?;
         }
+        // The list columns are bound from the message rows in memory: a join
+        // with `messages` is planned without statistics on a young
+        // PostgreSQL table and became a scan of every message per batch.
         for chunk in self.entries.chunks(100) {
-            // The list columns come from the message rows just written.
             let sql = format!(
-                "INSERT INTO mailbox_entries ({ENTRY_COLUMNS}) \
-                 SELECT v.column1, v.column2, v.column3, v.column4, v.column5, 0, v.column6, v.column7, v.column8, \
-                 {ENTRY_MESSAGE_COLUMNS} FROM (VALUES {}) AS v JOIN messages m ON m.id = v.column2",
-                value_groups(dialect, chunk.len(), 8, parenthesised)
+                "INSERT INTO mailbox_entries ({ENTRY_COLUMNS}) VALUES {}",
+                value_groups(dialect, chunk.len(), 19, |m| format!(
+                    "({}, 0, {})",
+                    m[..5].join(", "),
+                    m[5..].join(", ")
+                ))
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for (agent, message, thread, folder, unread, size) in chunk {
+                let m = &self.messages[*message];
                 q = q
                     .bind(agent.clone())
-                    .bind(message.clone())
+                    .bind(m.id.clone())
                     .bind(thread.clone())
                     .bind(*folder)
                     .bind(*unread)
                     .bind(now)
                     .bind(now)
-                    .bind(*size);
+                    .bind(*size)
+                    .bind(m.seq)
+                    .bind(m.subject.clone())
+                    .bind(m.from_json.clone())
+                    .bind(m.to_json.clone())
+                    .bind(m.cc_json.clone())
+                    .bind(m.snippet.clone())
+                    .bind(m.date_at)
+                    .bind(i64::from(m.attachments.len() > 2))
+                    .bind(m.message_id.clone())
+                    .bind(m.from_key.clone())
+                    .bind(m.to_key.clone());
             }
             q.execute(&mut **tx).await?;
         }
-        for (agent, bytes, count) in &self.usage {
-            sqlx::query(
-                "INSERT INTO mailbox_usage (agent_id, bytes, messages) VALUES ($1, $2, $3) \
-                 ON CONFLICT (agent_id) DO UPDATE SET bytes = mailbox_usage.bytes + $2, messages = mailbox_usage.messages + $3",
-            )
-            .bind(agent)
-            .bind(*bytes)
-            .bind(*count)
-            .execute(&mut **tx)
-            .await?;
+        // One statement for every mailbox the batch filed into (the agents
+        // are distinct: `usage` is accumulated per agent).
+        for chunk in self.usage.chunks(100) {
+            let sql = format!(
+                "INSERT INTO mailbox_usage (agent_id, bytes, messages) VALUES {} \
+                 ON CONFLICT (agent_id) DO UPDATE SET bytes = mailbox_usage.bytes + excluded.bytes, \
+                 messages = mailbox_usage.messages + excluded.messages",
+                value_groups(dialect, chunk.len(), 3, parenthesised)
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for (agent, bytes, count) in chunk {
+                q = q.bind(agent.clone()).bind(*bytes).bind(*count);
+            }
+            q.execute(&mut **tx).await?;
         }
         crate::audit::append_many(tx, now, &self.audit).await?;
         let events: Vec<(&str, Option<&str>, &serde_json::Value)> = self
