@@ -125,6 +125,31 @@ async fn search_is_per_agent(location: StoreLocation, sqlite_file: Option<std::p
         .await
         .expect("deliver");
 
+    // A small mailbox (searched straight from the index's matches on
+    // PostgreSQL) pages the same way: every match, newest first.
+    let c = agent(&svc, "gamma").await;
+    for i in 0..30 {
+        clock.advance_secs(1);
+        let body = if i % 3 == 0 { "common third" } else { "common" };
+        ingest
+            .deliver(delivery(
+                &["gamma@agents.localhost"],
+                &format!("g{i:02}"),
+                body,
+            ))
+            .await
+            .expect("deliver");
+    }
+    let expected: Vec<String> = (0..30).rev().map(|i| format!("g{i:02}")).collect();
+    assert_eq!(search_all(&svc, &c, "common", 7).await, expected);
+    let expected: Vec<String> = (0..30)
+        .rev()
+        .filter(|i| i % 3 == 0)
+        .map(|i| format!("g{i:02}"))
+        .collect();
+    assert_eq!(search_all(&svc, &c, "third", 4).await, expected);
+    assert!(search_all(&svc, &c, "needle", 7).await.is_empty());
+
     // Only the agent's own mail, even for a word in the other's mailbox.
     assert_eq!(search_all(&svc, &a, "needle", 50).await, ["m000"]);
     assert_eq!(search_all(&svc, &b, "needle", 50).await, ["for beta"]);

@@ -430,6 +430,21 @@ impl Service {
             }
         };
         let base = conds.join(" AND ");
+        // A small mailbox on PostgreSQL: its matches straight from the GIN
+        // index ("this agent AND the words"). Probing each entry's tsvector
+        // instead, as PostgreSQL plans it, reads a TOASTed value per entry:
+        // 2.4 times the buffers when they are not cached (6 ms against 2.5).
+        let held = self.messages_held(&agent_id).await?;
+        let small = held.is_none_or(|n| n <= SEARCH_WINDOW);
+        if small && self.db.dialect == Dialect::Postgres {
+            let sql = format!(
+                "WITH s AS MATERIALIZED (SELECT message_search.rowid FROM message_search WHERE {matches}) \
+                 SELECT {SUMMARY_COLUMNS} FROM {entries} WHERE {base} AND e.seq IN (SELECT rowid FROM s) \
+                 ORDER BY e.received_at DESC, e.message_id DESC LIMIT {}",
+                limit + 1
+            );
+            return fetch_with(&self.db.pool, sql, &binds).await;
+        }
         let window = format!(
             "SELECT {SUMMARY_COLUMNS}, e.seq FROM {entries} WHERE {base} \
              ORDER BY e.received_at DESC, e.message_id DESC LIMIT {SEARCH_WINDOW}"
@@ -449,13 +464,8 @@ impl Service {
         if rows.len() as i64 > limit {
             return Ok(rows);
         }
-        // A mailbox no larger than the window had every candidate in it:
-        // a key lookup instead of running the window again to count it.
-        if self
-            .messages_held(&agent_id)
-            .await?
-            .is_none_or(|n| n < SEARCH_WINDOW)
-        {
+        // A mailbox no larger than the window had every candidate in it.
+        if held.is_none_or(|n| n < SEARCH_WINDOW) {
             return Ok(rows);
         }
         let in_window = {
