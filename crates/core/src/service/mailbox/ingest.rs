@@ -215,6 +215,7 @@ async fn committer(svc: Arc<Service>, mut rx: mpsc::Receiver<Job>) {
         let jobs = std::mem::take(&mut batch);
         let (prepared, replies): (Vec<_>, Vec<_>) =
             jobs.into_iter().map(|j| (j.prepared, j.reply)).unzip();
+        let started = std::time::Instant::now();
         let results = match svc.commit_deliveries(&prepared).await {
             Ok(r) => r,
             Err(e) if prepared.len() > 1 => {
@@ -237,7 +238,11 @@ async fn committer(svc: Arc<Service>, mut rx: mpsc::Receiver<Job>) {
                 vec![Err(DeliveryError::Temp)]
             }
         };
-        tracing::debug!(batch = prepared.len(), "group commit");
+        tracing::debug!(
+            batch = prepared.len(),
+            micros = started.elapsed().as_micros() as u64,
+            "group commit"
+        );
         for (reply, result) in replies.into_iter().zip(results) {
             let _ = reply.send(result);
         }
