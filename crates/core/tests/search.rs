@@ -156,8 +156,15 @@ async fn search_is_per_agent(location: StoreLocation, sqlite_file: Option<std::p
     assert!(search_all(&svc, &a, "secret", 50).await.is_empty());
     assert_eq!(search_all(&svc, &a, "shared", 50).await, ["to both"]);
     assert_eq!(search_all(&svc, &b, "shared", 50).await, ["to both"]);
-    // Words that are not query syntax, and no word at all.
+    // Words that are not query syntax, and no word at all: every word must
+    // match on both backends ("or" and "-" are not operators).
     assert!(search_all(&svc, &a, "\"needle OR *", 50).await.len() <= 1);
+    assert_eq!(search_all(&svc, &a, "needle -common", 50).await, ["m000"]);
+    assert!(
+        search_all(&svc, &a, "needle or secret", 50)
+            .await
+            .is_empty()
+    );
     assert!(search_all(&svc, &a, "!!!", 50).await.is_empty());
 
     // A common word pages through every match, newest first, no repeats.

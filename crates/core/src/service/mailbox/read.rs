@@ -422,8 +422,10 @@ impl Service {
             Dialect::Postgres => {
                 binds.push(Bind::S(words));
                 binds.push(Bind::S(token));
+                // plainto_tsquery: every word must match, as the API says and
+                // FTS5 does; `or`, `-` and quotes are words, not operators.
                 format!(
-                    "message_search.tsv @@ (websearch_to_tsquery('simple', ${}) && to_tsquery('simple', ${}))",
+                    "message_search.tsv @@ (plainto_tsquery('simple', ${}) && to_tsquery('simple', ${}))",
                     binds.len() - 1,
                     binds.len()
                 )
