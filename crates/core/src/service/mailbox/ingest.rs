@@ -21,7 +21,7 @@ use crate::audit::{Actor, NewEntry};
 use crate::error::Result;
 use crate::service::policies::{AGENT_POLICY_SETTINGS, PolicySettings};
 use crate::store::blob_hash;
-use crate::store::{Dialect, Tx, list_marks, parenthesised, value_groups};
+use crate::store::{Dialect, Tx, indexed, list_marks, parenthesised, value_groups};
 use serde_json::json;
 use sqlx::Row;
 use std::collections::{HashMap, HashSet};
@@ -503,8 +503,9 @@ impl Service {
         for chunk in ids.chunks(PREFETCH_CHUNK) {
             let sql = format!(
                 "SELECT e.agent_id, e.message_id, e.thread_id, e.received_at, t.participants \
-                 FROM mailbox_entries e JOIN threads t ON t.agent_id = e.agent_id AND t.id = e.thread_id \
+                 FROM {} JOIN threads t ON t.agent_id = e.agent_id AND t.id = e.thread_id \
                  WHERE e.message_id IN ({}) AND e.agent_id IN ({})",
+                indexed(dialect, "mailbox_entries e", "mailbox_entries_message"),
                 list_marks(dialect, 1, chunk.len()),
                 list_marks(dialect, chunk.len() + 1, agents.len())
             );
@@ -537,9 +538,10 @@ impl Service {
             let sql = format!(
                 "WITH k (a, s, p) AS (VALUES {}) \
                  SELECT t.agent_id, t.subject_key, t.participants_key, t.id, t.created_at, t.participants \
-                 FROM k CROSS JOIN threads t \
+                 FROM k CROSS JOIN {} \
                  WHERE t.agent_id = k.a AND t.subject_key = k.s AND t.participants_key = k.p",
-                value_groups(dialect, subject_keys.len(), 3, parenthesised)
+                value_groups(dialect, subject_keys.len(), 3, parenthesised),
+                indexed(dialect, "threads t", "threads_subject")
             );
             let mut q = sqlx::query_as::<_, (String, String, String, String, i64, String)>(
                 AssertSqlSafe(sql),
@@ -793,8 +795,9 @@ impl Service {
             // newest match is picked here; there are only a few.
             let marks: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
             let sql = format!(
-                "SELECT e.thread_id, e.received_at FROM mailbox_entries e WHERE e.agent_id = $1 AND e.message_id IN \
+                "SELECT e.thread_id, e.received_at FROM {} WHERE e.agent_id = $1 AND e.message_id IN \
                  (SELECT m.id FROM messages m WHERE m.message_id_header IN ({}))",
+                indexed(Dialect::of(tx), "mailbox_entries e", "mailbox_entries_key"),
                 marks.join(", ")
             );
             let mut q = sqlx::query_as::<_, (String, i64)>(AssertSqlSafe(sql)).bind(agent_id);
@@ -822,9 +825,11 @@ impl Service {
                     .get(&subject_key)
                     .map(|(_, id)| id.clone());
             } else if found.is_none() {
-                found = sqlx::query_as::<_, (String,)>(
-                    "SELECT id FROM threads WHERE agent_id = $1 AND subject_key = $2 AND participants_key = $3 ORDER BY created_at DESC LIMIT 1",
-                )
+                found = sqlx::query_as::<_, (String,)>(AssertSqlSafe(format!(
+                    "SELECT id FROM {} WHERE agent_id = $1 AND subject_key = $2 AND participants_key = $3 \
+                     ORDER BY created_at DESC LIMIT 1",
+                    indexed(Dialect::of(tx), "threads", "threads_subject")
+                )))
                 .bind(agent_id)
                 .bind(&pm.subject_key)
                 .bind(&participants_key)
