@@ -32,13 +32,9 @@ use tokio::sync::{mpsc, oneshot};
 use sqlx::AssertSqlSafe;
 
 /// A mailbox entry's columns: its own state, then copies of its message's
-/// list columns that let a page be read from the entries alone (the batch
-/// binds them from memory; a single filing reads them from `messages m` with
-/// `ENTRY_MESSAGE_COLUMNS`).
+/// list columns that let a page be read from the entries alone.
 const ENTRY_COLUMNS: &str = "agent_id, message_id, thread_id, folder, unread, starred, received_at, folder_at, size_bytes, \
      seq, subject, from_json, to_json, cc_json, snippet, date_at, has_attachments, message_id_header, from_key, to_key";
-const ENTRY_MESSAGE_COLUMNS: &str = "m.seq, m.subject, m.from_json, m.to_json, m.cc_json, m.snippet, m.date_at, \
-     CASE WHEN length(m.attachments) > 2 THEN 1 ELSE 0 END, m.message_id_header, m.from_key, m.to_key";
 
 /// Most deliveries committed in one transaction: bounds the time the write
 /// lock is held and the work lost to a failed batch.
@@ -920,36 +916,6 @@ pub(crate) fn search_token(agent_id: &str) -> String {
     format!("a{}", agent_id.replace('-', ""))
 }
 
-/// Inserts one message row and its search row (the blob must be stored)
-/// for the one agent it is filed for.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn insert_message(
-    tx: &mut Tx,
-    agent_id: &str,
-    id: &str,
-    seq: i64,
-    blob_hash: &str,
-    size: i64,
-    now: i64,
-    envelope: &Envelope<'_>,
-    pm: &Parsed,
-) -> Result<()> {
-    let mut b = Batch {
-        seq,
-        ..Batch::default()
-    };
-    b.messages.push(message_row(
-        id.to_string(),
-        seq,
-        blob_hash.to_string(),
-        size,
-        envelope,
-        pm,
-        &[agent_id],
-    ));
-    b.flush_rest(tx, now).await
-}
-
 fn message_row(
     id: String,
     seq: i64,
@@ -998,48 +964,49 @@ fn message_row(
 }
 
 impl Service {
-    /// Files one stored message in one agent's mailbox (thread, entry,
-    /// usage) and returns its thread id. The caller records the audit
-    /// entry and the event.
+    /// Stores one message (its blob must be stored) and files it in one
+    /// agent's mailbox: message and search rows, thread, entry, usage,
+    /// written by the group commit's own code. Returns the thread id; the
+    /// caller records the audit entry and the event.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn file_entry(
+    pub(crate) async fn file_message(
         &self,
         tx: &mut Tx,
         agent_id: &str,
         message_id: &str,
+        seq: i64,
+        blob_hash: &str,
+        envelope: &Envelope<'_>,
         pm: &Parsed,
-        participants: &[String],
-        folder: &str,
+        folder: &'static str,
         unread: bool,
         size: i64,
         now: i64,
     ) -> Result<String> {
         let mut st = Batch::default();
+        st.messages.push(message_row(
+            message_id.to_string(),
+            seq,
+            blob_hash.to_string(),
+            size,
+            envelope,
+            pm,
+            &[agent_id],
+        ));
         let thread_id = self
-            .thread_for(tx, &mut st, agent_id, pm, participants, now)
+            .thread_for(tx, &mut st, agent_id, pm, &pm.participants(), now)
             .await?;
+        st.entries.push((
+            agent_id.to_string(),
+            0,
+            thread_id.clone(),
+            folder,
+            i64::from(unread),
+            size,
+        ));
+        st.usage.push((agent_id.to_string(), size, 1));
         st.flush_threads(tx).await?;
-        sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO mailbox_entries ({ENTRY_COLUMNS}) \
-             SELECT $1, $2, $3, $4, $5, 0, $6, $6, $7, {ENTRY_MESSAGE_COLUMNS} FROM messages m WHERE m.id = $2"
-        )))
-        .bind(agent_id)
-        .bind(message_id)
-        .bind(&thread_id)
-        .bind(folder)
-        .bind(unread as i64)
-        .bind(now)
-        .bind(size)
-        .execute(&mut **tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO mailbox_usage (agent_id, bytes, messages) VALUES ($1, $2, 1) \
-             ON CONFLICT (agent_id) DO UPDATE SET bytes = mailbox_usage.bytes + $2, messages = mailbox_usage.messages + 1",
-        )
-        .bind(agent_id)
-        .bind(size)
-        .execute(&mut **tx)
-        .await?;
+        st.flush_rest(tx, now).await?;
         Ok(thread_id)
     }
 }

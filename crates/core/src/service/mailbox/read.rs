@@ -436,16 +436,19 @@ impl Service {
         // index ("this agent AND the words"). Probing each entry's tsvector
         // instead, as PostgreSQL plans it, reads a TOASTed value per entry:
         // 2.4 times the buffers when they are not cached (6 ms against 2.5).
-        let held = self.messages_held(&agent_id).await?;
-        let small = held.is_none_or(|n| n <= SEARCH_WINDOW);
-        if small && self.db.dialect == Dialect::Postgres {
-            let sql = format!(
-                "WITH s AS MATERIALIZED (SELECT message_search.rowid FROM message_search WHERE {matches}) \
-                 SELECT {SUMMARY_COLUMNS} FROM {entries} WHERE {base} AND e.seq IN (SELECT rowid FROM s) \
-                 ORDER BY e.received_at DESC, e.message_id DESC LIMIT {}",
-                limit + 1
-            );
-            return fetch_with(&self.db.pool, sql, &binds).await;
+        let mut held = None;
+        if self.db.dialect == Dialect::Postgres {
+            let n = self.messages_held(&agent_id).await?;
+            held = Some(n);
+            if n.is_none_or(|n| n <= SEARCH_WINDOW) {
+                let sql = format!(
+                    "WITH s AS MATERIALIZED (SELECT message_search.rowid FROM message_search WHERE {matches}) \
+                     SELECT {SUMMARY_COLUMNS} FROM {entries} WHERE {base} AND e.seq IN (SELECT rowid FROM s) \
+                     ORDER BY e.received_at DESC, e.message_id DESC LIMIT {}",
+                    limit + 1
+                );
+                return fetch_with(&self.db.pool, sql, &binds).await;
+            }
         }
         let window = format!(
             "SELECT {SUMMARY_COLUMNS}, e.seq FROM {entries} WHERE {base} \
@@ -467,6 +470,10 @@ impl Service {
             return Ok(rows);
         }
         // A mailbox no larger than the window had every candidate in it.
+        let held = match held {
+            Some(n) => n,
+            None => self.messages_held(&agent_id).await?,
+        };
         if held.is_none_or(|n| n < SEARCH_WINDOW) {
             return Ok(rows);
         }

@@ -9,7 +9,7 @@
 
 use super::commit::Batch;
 use crate::error::{Error, Result};
-use crate::service::mailbox::ingest::{Envelope, insert_message};
+use crate::service::mailbox::ingest::Envelope;
 use crate::service::mailbox::parse;
 use crate::service::{Ctx, Service};
 use crate::store::{Dialect, Tx, list_marks, parenthesised, value_groups};
@@ -507,26 +507,15 @@ impl Service {
             auth_results: None,
         };
         let size = dsn.len() as i64;
-        insert_message(
-            tx,
-            agent.id.as_str(),
-            &message_id,
-            seq,
-            &dsn_hash,
-            size,
-            now,
-            &envelope,
-            &parsed,
-        )
-        .await?;
-        let participants = parsed.participants();
         let thread_id = self
-            .file_entry(
+            .file_message(
                 tx,
                 agent.id.as_str(),
                 &message_id,
+                seq,
+                &dsn_hash,
+                &envelope,
                 &parsed,
-                &participants,
                 "inbox",
                 true,
                 size,

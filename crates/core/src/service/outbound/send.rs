@@ -6,7 +6,7 @@ use super::commit::{Batch, PendingSend};
 use super::compose::{self, Compose, DkimKey, ReplyRefs, Validated};
 use crate::audit::NewEntry;
 use crate::error::{Error, Result};
-use crate::service::mailbox::ingest::{Envelope, insert_message};
+use crate::service::mailbox::ingest::Envelope;
 use crate::service::mailbox::parse::{self, Parsed};
 use crate::service::policies::{Confirmation, PolicySettings, effective_policy};
 use crate::service::{Agent, AgentStatus, Ctx, Page, PrincipalKind, Service, page_limit, paginate};
@@ -545,26 +545,15 @@ impl Service {
             tls: false,
             auth_results: None,
         };
-        insert_message(
-            tx,
-            agent.id.as_str(),
-            &message_id,
-            seq,
-            blob_hash,
-            size,
-            now,
-            &envelope,
-            parsed,
-        )
-        .await?;
-        let participants = parsed.participants();
         let thread_id = self
-            .file_entry(
+            .file_message(
                 tx,
                 agent.id.as_str(),
                 &message_id,
+                seq,
+                blob_hash,
+                &envelope,
                 parsed,
-                &participants,
                 "sent",
                 false,
                 size,
@@ -699,26 +688,15 @@ impl Service {
             tls: false,
             auth_results: Some("local delivery from a verified agent"),
         };
-        insert_message(
-            tx,
-            &rcpt_agent,
-            &message_id,
-            seq,
-            &blob_hash,
-            size,
-            now,
-            &envelope,
-            &parsed,
-        )
-        .await?;
-        let participants = parsed.participants();
         let thread_id = self
-            .file_entry(
+            .file_message(
                 tx,
                 &rcpt_agent,
                 &message_id,
+                seq,
+                &blob_hash,
+                &envelope,
                 &parsed,
-                &participants,
                 "inbox",
                 true,
                 size,
