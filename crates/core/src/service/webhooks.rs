@@ -1207,7 +1207,7 @@ impl Service {
             .bind(lease)
             .bind(node)
             .bind(now)
-            .fetch_all(&self.db.pool)
+            .fetch_all(self.db.writer())
             .await?;
         drop(gate);
         rows.iter()

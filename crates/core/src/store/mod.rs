@@ -128,6 +128,8 @@ pub(crate) enum WorkQueue {
 #[derive(Clone)]
 pub(crate) struct Db {
     pub pool: AnyPool,
+    /// SQLite only: the one connection that writes (see [`Db::writer`]).
+    writer: Option<AnyPool>,
     pub dialect: Dialect,
     pub blobs: BlobStore,
     /// SQLite only: see [`Db::write_gate`].
@@ -165,6 +167,84 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// A pool on the SQLite database at `url` with this server's settings.
+async fn sqlite_pool(url: &str, connections: u32, extra: &'static str) -> Result<AnyPool> {
+    Ok(AnyPoolOptions::new()
+        .max_connections(connections)
+        .acquire_timeout(Duration::from_secs(30))
+        // An embedded database's connection cannot go stale: no ping (a
+        // round trip to the connection's thread) before each use.
+        .test_before_acquire(false)
+        .after_connect(move |conn, _meta| {
+            Box::pin(async move {
+                // WAL: readers never block the writer. synchronous=FULL: a
+                // commit is on disk before we answer (durability promise).
+                // 64 MiB of page cache per connection (SQLite's default is
+                // 2 MiB): the index and full-text pages every request
+                // walks stay in memory instead of being read back from
+                // the OS, a read call per page (a search for one agent
+                // went from 3-4 ms to 1 ms warm on a 1M-message store).
+                // temp_store=MEMORY: statement journals (a multi-row
+                // insert inside a transaction keeps one) and sorts stay
+                // off the file system.
+                conn.execute(
+                    "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
+                     PRAGMA foreign_keys=ON; PRAGMA busy_timeout=30000; \
+                     PRAGMA cache_size=-65536; PRAGMA temp_store=MEMORY;",
+                )
+                .await?;
+                if !extra.is_empty() {
+                    conn.execute(extra).await?;
+                }
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await?)
+}
+
+/// WAL frames (4 KiB pages) past which the checkpointer resets the log.
+const WAL_RESTART_FRAMES: i64 = 16_384;
+
+/// SQLite: copies the write-ahead log into the database file on a
+/// connection of its own, beside the writer instead of inside its commits.
+/// With SQLite's automatic checkpoint, every thousandth page written made
+/// one commit also copy a thousand pages and sync the database file, a
+/// delay for every SMTP client waiting on that group commit.
+///
+/// A PASSIVE checkpoint never waits for anyone, but it cannot reset a log
+/// that the writer keeps appending to; past `WAL_RESTART_FRAMES` a RESTART
+/// does, holding the write gate so that this process's writers wait in
+/// order rather than in SQLite's sleeping busy handler (and giving up after
+/// 100 ms if a long reader holds the log).
+async fn checkpoint_in_background(db: Db, conn: AnyPool) {
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !db.pool.is_closed() {
+        tick.tick().await;
+        let frames = match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&conn)
+            .await
+        {
+            Ok((_, frames, _)) => frames,
+            Err(e) => {
+                tracing::warn!(error = %e, "WAL checkpoint failed");
+                continue;
+            }
+        };
+        if frames > WAL_RESTART_FRAMES {
+            let _gate = db.write_gate().await;
+            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
+                .fetch_all(&conn)
+                .await
+            {
+                tracing::debug!(error = %e, frames, "WAL reset postponed");
+            }
+        }
+    }
+    conn.close().await;
+}
+
 impl Db {
     pub async fn open(location: &StoreLocation) -> Result<Self> {
         install_default_drivers();
@@ -183,37 +263,25 @@ impl Db {
         })?;
         let db_path = dir.join("agentpost.db");
         let url = format!("sqlite://{}?mode=rwc", db_path.display());
-        let pool = AnyPoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(30))
-            .after_connect(|conn, _meta| {
-                Box::pin(async move {
-                    // WAL: readers never block the writer. synchronous=FULL: a
-                    // commit is on disk before we answer (durability promise).
-                    // 64 MiB of page cache per connection (SQLite's default is
-                    // 2 MiB): the index and full-text pages every request
-                    // walks stay in memory instead of being read back from
-                    // the OS, a read call per page (a search for one agent
-                    // went from 3-4 ms to 1 ms warm on a 1M-message store).
-                    conn.execute(
-                        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
-                         PRAGMA foreign_keys=ON; PRAGMA busy_timeout=30000; \
-                         PRAGMA cache_size=-65536;",
-                    )
-                    .await?;
-                    Ok(())
-                })
-            })
-            .connect(&url)
-            .await?;
+        let pool = sqlite_pool(&url, 8, "").await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        // Every write goes through one connection of its own. Handed a
+        // different pooled connection per transaction, a writer found its
+        // page cache stale (another connection had written since) and read
+        // the B-tree pages it was about to change back from the OS.
+        // The writer leaves checkpoints to `checkpoint_in_background`.
+        let writer = sqlite_pool(&url, 1, "PRAGMA wal_autocheckpoint=0;").await?;
+        let checkpoints = sqlite_pool(&url, 1, "PRAGMA busy_timeout=100;").await?;
         let blobs = BlobStore::files(dir.join("blobs"))?;
-        Ok(Db {
+        let db = Db {
             pool,
+            writer: Some(writer),
             dialect: Dialect::Sqlite,
             blobs,
             write_gate: Some(Arc::new(tokio::sync::Mutex::new(()))),
-        })
+        };
+        tokio::spawn(checkpoint_in_background(db.clone(), checkpoints));
+        Ok(db)
     }
 
     async fn open_postgres(url: &str) -> Result<Self> {
@@ -239,6 +307,7 @@ impl Db {
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         Ok(Db {
             pool,
+            writer: None,
             dialect: Dialect::Postgres,
             blobs: BlobStore::database(),
             write_gate: None,
@@ -252,7 +321,7 @@ impl Db {
     /// the audit chain and event ids across every node.
     pub async fn begin_write(&self) -> Result<Tx> {
         let gate = self.write_gate().await;
-        let mut inner = self.pool.begin().await?;
+        let mut inner = self.writer().begin().await?;
         sqlx::query("UPDATE audit_head SET last_id = last_id WHERE id = 1")
             .execute(&mut *inner)
             .await?;
@@ -263,8 +332,14 @@ impl Db {
     /// entry, no event), still behind this process's SQLite write gate.
     pub async fn begin_gated(&self) -> Result<Tx> {
         let gate = self.write_gate().await;
-        let inner = self.pool.begin().await?;
+        let inner = self.writer().begin().await?;
         Ok(Tx { inner, _gate: gate })
+    }
+
+    /// Where writes run: SQLite's own write connection (use it behind
+    /// [`Db::write_gate`]), or the PostgreSQL pool.
+    pub fn writer(&self) -> &AnyPool {
+        self.writer.as_ref().unwrap_or(&self.pool)
     }
 
     /// On SQLite, this process's writers queue here, in order, for the

@@ -172,7 +172,7 @@ impl Service {
             .bind(lease)
             .bind(node)
             .bind(now)
-            .fetch_all(&self.db.pool)
+            .fetch_all(self.db.writer())
             .await?;
         drop(gate);
         let mut groups: BTreeMap<(String, String), Claimed> = BTreeMap::new();
