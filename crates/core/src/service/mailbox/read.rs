@@ -3,7 +3,7 @@
 //! attachments, threads and folder counts. Lists are newest first with an
 //! opaque cursor.
 
-use super::ingest::search_token;
+use super::ingest::{search_token, tsquery_literal};
 use super::parse::{self, AttachmentInfo, EmailAddress};
 use super::{SYSTEM_FOLDERS, Service, bool_of};
 use crate::error::{Error, Result};
@@ -420,15 +420,11 @@ impl Service {
                 format!("message_search MATCH ${}", binds.len())
             }
             Dialect::Postgres => {
-                binds.push(Bind::S(words));
-                binds.push(Bind::S(token));
-                // plainto_tsquery: every word must match, as the API says and
-                // FTS5 does; `or`, `-` and quotes are words, not operators.
-                format!(
-                    "message_search.tsv @@ (plainto_tsquery('simple', ${}) && to_tsquery('simple', ${}))",
-                    binds.len() - 1,
-                    binds.len()
-                )
+                // The words split as the index was (`search_terms`), every
+                // one required, as the API says and FTS5 does; `or`, `-`
+                // and quotes are words, not operators.
+                binds.push(Bind::S(tsquery_literal(&words, &token)));
+                format!("message_search.tsv @@ CAST(${} AS tsquery)", binds.len())
             }
         };
         let base = conds.join(" AND ");
