@@ -217,10 +217,13 @@ const WAL_RESTART_FRAMES: i64 = 16_384;
 /// does, holding the write gate so that this process's writers wait in
 /// order rather than in SQLite's sleeping busy handler (and giving up after
 /// 100 ms if a long reader holds the log).
-async fn checkpoint_in_background(db: Db, conn: AnyPool) {
+///
+/// It holds only the write gate and its own connection, and stops once no
+/// handle on the database is left (it holds the gate's last reference).
+async fn checkpoint_in_background(gate: Arc<tokio::sync::Mutex<()>>, conn: AnyPool) {
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    while !db.pool.is_closed() {
+    while Arc::strong_count(&gate) > 1 {
         tick.tick().await;
         let frames = match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
             .fetch_one(&conn)
@@ -233,7 +236,7 @@ async fn checkpoint_in_background(db: Db, conn: AnyPool) {
             }
         };
         if frames > WAL_RESTART_FRAMES {
-            let _gate = db.write_gate().await;
+            let _held = gate.lock().await;
             if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
                 .fetch_all(&conn)
                 .await
@@ -273,15 +276,15 @@ impl Db {
         let writer = sqlite_pool(&url, 1, "PRAGMA wal_autocheckpoint=0;").await?;
         let checkpoints = sqlite_pool(&url, 1, "PRAGMA busy_timeout=100;").await?;
         let blobs = BlobStore::files(dir.join("blobs"))?;
-        let db = Db {
+        let gate = Arc::new(tokio::sync::Mutex::new(()));
+        tokio::spawn(checkpoint_in_background(gate.clone(), checkpoints));
+        Ok(Db {
             pool,
             writer: Some(writer),
             dialect: Dialect::Sqlite,
             blobs,
-            write_gate: Some(Arc::new(tokio::sync::Mutex::new(()))),
-        };
-        tokio::spawn(checkpoint_in_background(db.clone(), checkpoints));
-        Ok(db)
+            write_gate: Some(gate),
+        })
     }
 
     async fn open_postgres(url: &str) -> Result<Self> {
