@@ -1341,14 +1341,26 @@ pub(crate) fn search_terms(text: &str) -> impl Iterator<Item = String> + '_ {
         .map(str::to_lowercase)
 }
 
+/// Most bytes of lexemes one message indexes on PostgreSQL: a `tsvector`
+/// must stay under 1 MiB, or the insert, and with it the whole group
+/// commit, fails. (The body is already cut at 200 KB; a huge subject or
+/// address list is what this guards against.)
+const TSVECTOR_BYTES: usize = 512 * 1024;
+
 /// A `tsvector` in PostgreSQL's input syntax: each lexeme quoted, once.
 fn tsvector_literal(terms: impl Iterator<Item = String>) -> String {
     let terms: std::collections::BTreeSet<String> = terms.collect();
-    terms
-        .iter()
-        .map(|t| quoted_lexeme(t))
-        .collect::<Vec<_>>()
-        .join(" ")
+    let mut out = String::new();
+    for t in &terms {
+        if out.len() + t.len() + 3 > TSVECTOR_BYTES {
+            break;
+        }
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(&quoted_lexeme(t));
+    }
+    out
 }
 
 /// A `tsquery` in PostgreSQL's input syntax that requires every word of a
@@ -1439,6 +1451,8 @@ mod tests {
     fn postgres_literals_quote_every_lexeme_once() {
         let v = tsvector_literal(["b", "a", "b"].into_iter().map(String::from));
         assert_eq!(v, "'a' 'b'");
+        let many = (0..200_000).map(|i| format!("w{i}"));
+        assert!(tsvector_literal(many).len() <= TSVECTOR_BYTES);
         assert_eq!(quoted_lexeme("it's\\"), "'it''s\\\\'");
         assert_eq!(
             tsquery_literal("Needle OR -common \"x\"", "a00ff"),
