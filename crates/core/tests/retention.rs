@@ -115,6 +115,27 @@ async fn retention_expires_by_folder(
     let r = svc.sweep_retention().await.expect("sweep");
     assert_eq!(r.expired, 1);
     assert_eq!(r.blobs_removed, 1, "the spam message's blob");
+    if let Some(d) = &data_dir {
+        // The full-text index holds no text (SQLite 0007): its delete by
+        // rowid must still take the words out.
+        use sqlx::Connection;
+        let url = format!("sqlite://{}", d.join("agentpost.db").display());
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("sqlite");
+        let (spam_words,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM message_search WHERE message_search MATCH 'spam'")
+                .fetch_one(&mut conn)
+                .await
+                .expect("search index");
+        assert_eq!(spam_words, 0, "the purged message left the index");
+        let (kept,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM message_search WHERE message_search MATCH 'inbox'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .expect("search index");
+        assert_eq!(kept, 1, "the others stay");
+        conn.close().await.expect("close");
+    }
     assert!(ids(svc.clone(), "spam").await.is_empty());
     assert_eq!(ids(svc.clone(), "inbox").await, vec![inbox.clone()]);
 
