@@ -39,6 +39,9 @@ const ENTRY_COLUMNS: &str = "agent_id, message_id, thread_id, folder, unread, st
 /// Most deliveries committed in one transaction: bounds the time the write
 /// lock is held and the work lost to a failed batch.
 const MAX_BATCH: usize = 128;
+
+/// Messages up to this size are parsed on the session's own task.
+const INLINE_PARSE_BYTES: usize = 256 * 1024;
 /// Deliveries waiting for the committer before senders wait for room.
 const QUEUE_DEPTH: usize = 1024;
 
@@ -158,8 +161,8 @@ impl Ingest {
         if delivery.rcpt_to.is_empty() {
             return Err(DeliveryError::Rejected("no recipients".into()));
         }
-        // Parsing a 50 MB message is CPU work: keep it off the reactor.
-        let (delivery, parsed, rcpt_keys, participants) = tokio::task::spawn_blocking(move || {
+        let parse_inline = delivery.raw.len() <= INLINE_PARSE_BYTES;
+        let analyse = move || {
             let parsed = parse::parse(&delivery.raw);
             let rcpt_keys = delivery
                 .rcpt_to
@@ -168,9 +171,17 @@ impl Ingest {
                 .collect();
             let participants = parsed.participants();
             (delivery, parsed, rcpt_keys, participants)
-        })
-        .await
-        .map_err(|_| DeliveryError::Temp)?;
+        };
+        // Parsing a 50 MB message is CPU work: keep it off the reactor. A
+        // typical one parses in tens of microseconds, less than the thread
+        // hand-off would cost, so it is parsed in place.
+        let (delivery, parsed, rcpt_keys, participants) = if parse_inline {
+            analyse()
+        } else {
+            tokio::task::spawn_blocking(analyse)
+                .await
+                .map_err(|_| DeliveryError::Temp)?
+        };
         // Small messages are stored by the group commit itself; a large one
         // is made durable here, by this session, outside the write lock.
         let blobs = &self.svc.db.blobs;
