@@ -42,6 +42,7 @@ const MAX_BATCH: usize = 128;
 
 /// Messages up to this size are parsed on the session's own task.
 const INLINE_PARSE_BYTES: usize = 256 * 1024;
+
 /// Deliveries waiting for the committer before senders wait for room.
 const QUEUE_DEPTH: usize = 1024;
 
@@ -172,9 +173,9 @@ impl Ingest {
             let participants = parsed.participants();
             (delivery, parsed, rcpt_keys, participants)
         };
-        // Parsing a 50 MB message is CPU work: keep it off the reactor. A
-        // typical one parses in tens of microseconds, less than the thread
-        // hand-off would cost, so it is parsed in place.
+        // Parsing a 50 MB message is CPU work: keep it off the reactor. Most
+        // mail is small; a hand-off per message only grew a pool of blocking
+        // threads under load (BENCHMARKS.md, session 9).
         let (delivery, parsed, rcpt_keys, participants) = if parse_inline {
             analyse()
         } else {
