@@ -6,7 +6,7 @@
 //! deleted or reordered.
 
 use crate::error::Result;
-use crate::store::Tx;
+use crate::store::{Tx, WriteBatch};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -145,28 +145,49 @@ pub(crate) async fn append(tx: &mut Tx, at: i64, e: &NewEntry) -> Result<i64> {
     Ok(id)
 }
 
-/// Appends several entries inside `tx` (from `Db::begin_write`), in order:
-/// the same chain as calling [`append`] for each, in one read of the head,
-/// multi-row inserts and one head update (group commit of inbound mail).
-pub(crate) async fn append_many(tx: &mut Tx, at: i64, entries: &[NewEntry]) -> Result<()> {
-    if entries.is_empty() {
-        return Ok(());
-    }
-    let head = sqlx::query("SELECT last_id, last_hash FROM audit_head WHERE id = 1")
-        .fetch_one(&mut **tx)
-        .await?;
-    let mut last_id: i64 = head.try_get(0)?;
-    let mut prev_hash: String = head.try_get(1)?;
-    let dialect = crate::store::Dialect::of(tx);
+/// The chain's head, read under the organisation's write lock: the last
+/// audit entry, the last event id, and whether any webhook endpoint is
+/// live (an event then fans out to deliveries).
+pub(crate) struct Head {
+    pub last_id: i64,
+    pub last_hash: String,
+    pub last_event_id: i64,
+    pub webhooks: bool,
+}
+
+/// Reads the head inside `tx` (from `Db::begin_write`). `extra` adds
+/// columns after the head's four (`, (SELECT …)`), for a caller that wants
+/// them from the same round trip; the row is returned for those.
+pub(crate) async fn read_head(tx: &mut Tx, extra: &str) -> Result<(Head, sqlx::any::AnyRow)> {
+    let sql = format!(
+        "SELECT h.last_id, h.last_hash, h.last_event_id, \
+         (SELECT COUNT(*) FROM (SELECT 1 FROM webhook_endpoints WHERE enabled = 1 AND deleted_at IS NULL LIMIT 1) w){extra} \
+         FROM audit_head h WHERE h.id = 1"
+    );
+    let row = sqlx::query(AssertSqlSafe(sql)).fetch_one(&mut **tx).await?;
+    let head = Head {
+        last_id: row.try_get(0)?,
+        last_hash: row.try_get(1)?,
+        last_event_id: row.try_get(2)?,
+        webhooks: row.try_get::<i64, _>(3)? > 0,
+    };
+    Ok((head, row))
+}
+
+/// Adds the inserts of `entries`, in order, to `batch`: the same chain as
+/// calling [`append`] for each, continuing from `head`, which moves on to
+/// the last of them. [`push_head`] then records it.
+pub(crate) fn push_entries(batch: &mut WriteBatch, head: &mut Head, at: i64, entries: &[NewEntry]) {
+    let dialect = batch.dialect();
     // 15 values a row; 64 rows stay far below both backends' bind limits.
     for chunk in entries.chunks(64) {
         let sql = format!(
             "INSERT INTO audit_log ({COLUMNS}) VALUES {}",
             crate::store::value_groups(dialect, chunk.len(), 15, crate::store::parenthesised)
         );
-        let mut rows = Vec::with_capacity(chunk.len());
+        batch.push(&sql);
         for e in chunk {
-            let id = last_id + 1;
+            let id = head.last_id + 1;
             let details = e.details.to_string();
             let canon = canonical(
                 id,
@@ -181,19 +202,10 @@ pub(crate) async fn append_many(tx: &mut Tx, at: i64, entries: &[NewEntry]) -> R
                 e.source.as_deref(),
                 &details,
             );
-            let hash = chain_hash(&prev_hash, &canon);
-            rows.push((
-                id,
-                e,
-                details,
-                std::mem::replace(&mut prev_hash, hash.clone()),
-                hash,
-            ));
-            last_id = id;
-        }
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (id, e, details, prev, hash) in rows {
-            q = q
+            let hash = chain_hash(&head.last_hash, &canon);
+            let prev = std::mem::replace(&mut head.last_hash, hash.clone());
+            head.last_id = id;
+            batch
                 .bind(id)
                 .bind(at)
                 .bind(e.actor.kind.clone())
@@ -210,14 +222,23 @@ pub(crate) async fn append_many(tx: &mut Tx, at: i64, entries: &[NewEntry]) -> R
                 .bind(prev)
                 .bind(hash);
         }
-        q.execute(&mut **tx).await?;
     }
-    sqlx::query("UPDATE audit_head SET last_id = $1, last_hash = $2 WHERE id = 1")
-        .bind(last_id)
-        .bind(&prev_hash)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+}
+
+/// Stores `head` (entry and event counters) as the chain's new head.
+pub(crate) fn push_head(batch: &mut WriteBatch, head: &Head) {
+    let sql = format!(
+        "UPDATE audit_head SET {} WHERE id = 1",
+        crate::store::value_groups(batch.dialect(), 1, 3, |m| format!(
+            "last_id = {}, last_hash = {}, last_event_id = {}",
+            m[0], m[1], m[2]
+        ))
+    );
+    batch
+        .push(&sql)
+        .bind(head.last_id)
+        .bind(head.last_hash.clone())
+        .bind(head.last_event_id);
 }
 
 pub(crate) const COLUMNS: &str = "id, at, actor_kind, actor_id, actor_credential, action, target_kind, \

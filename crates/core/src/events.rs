@@ -2,8 +2,9 @@
 //! change. Ids come from the audit head under its lock, so they commit in
 //! id order and a reader resuming after id N never misses one.
 
+use crate::audit::{Head, NewEntry};
 use crate::error::Result;
-use crate::store::Tx;
+use crate::store::{Tx, WriteBatch};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::Row;
@@ -42,56 +43,54 @@ pub(crate) async fn emit(
     Ok(id)
 }
 
-/// Emits several events inside `tx`, in order: the same ids, rows and
-/// webhook deliveries as calling [`emit`] for each, with one id allocation
-/// and multi-row inserts (group commit of inbound mail).
-pub(crate) async fn emit_many(
+/// Writes a transaction's audit entries and then its events, in order,
+/// with the statements `batch` already holds, in one go (see
+/// [`WriteBatch`]): the same chain, ids, rows and webhook deliveries as
+/// calling [`crate::audit::append`] and [`emit`] for each, continuing from
+/// `head` (from [`crate::audit::read_head`] inside `tx`). Group commits of
+/// inbound mail and of sends end here.
+pub(crate) async fn record(
     tx: &mut Tx,
+    mut batch: WriteBatch,
+    mut head: Head,
     at: i64,
+    entries: &[NewEntry],
     events: &[(&str, Option<&str>, &Value)],
 ) -> Result<()> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    let row = sqlx::query(
-        "UPDATE audit_head SET last_event_id = last_event_id + $1 WHERE id = 1 RETURNING last_event_id",
-    )
-    .bind(events.len() as i64)
-    .fetch_one(&mut **tx)
-    .await?;
-    let last: i64 = row.try_get(0)?;
-    let first = last - events.len() as i64 + 1;
-    let dialect = crate::store::Dialect::of(tx);
-    for (c, chunk) in events.chunks(100).enumerate() {
+    crate::audit::push_entries(&mut batch, &mut head, at, entries);
+    let first = head.last_event_id + 1;
+    let dialect = batch.dialect();
+    for chunk in events.chunks(100) {
         let sql = format!(
             "INSERT INTO events (id, type, at, agent_id, data) VALUES {}",
             crate::store::value_groups(dialect, chunk.len(), 5, crate::store::parenthesised)
         );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (i, (kind, agent_id, data)) in chunk.iter().enumerate() {
-            q = q
-                .bind(first + (c * 100 + i) as i64)
+        batch.push(&sql);
+        for (kind, agent_id, data) in chunk {
+            head.last_event_id += 1;
+            batch
+                .bind(head.last_event_id)
                 .bind(kind.to_string())
                 .bind(at)
                 .bind(agent_id.map(str::to_string))
                 .bind(data.to_string());
         }
-        q.execute(&mut **tx).await?;
+    }
+    if !entries.is_empty() || !events.is_empty() {
+        crate::audit::push_head(&mut batch, &head);
+    }
+    batch.execute(tx).await?;
+    if events.is_empty() {
+        return Ok(());
     }
     // Webhook deliveries per event only when an endpoint exists; otherwise
-    // one call still notifies the other nodes and the local worker.
-    let endpoints: Option<(i64,)> = sqlx::query_as(
-        "SELECT 1 FROM webhook_endpoints WHERE enabled = 1 AND deleted_at IS NULL LIMIT 1",
-    )
-    .fetch_optional(&mut **tx)
-    .await?;
-    if endpoints.is_some() {
+    // the other nodes and the local worker are still told.
+    if head.webhooks {
         for (i, (kind, agent_id, _)) in events.iter().enumerate() {
             crate::service::webhooks::fan_out(tx, first + i as i64, kind, *agent_id, at).await?;
         }
+        Ok(())
     } else {
-        let (kind, agent_id, _) = &events[events.len() - 1];
-        crate::service::webhooks::fan_out(tx, last, kind, *agent_id, at).await?;
+        crate::service::webhooks::notify(tx).await
     }
-    Ok(())
 }

@@ -428,7 +428,6 @@ pub(crate) async fn fan_out(
     agent_id: Option<&str>,
     at: i64,
 ) -> Result<()> {
-    let postgres = tx.backend_name() == "PostgreSQL";
     let rows = sqlx::query("SELECT id, event_types, agent_id FROM webhook_endpoints WHERE enabled = 1 AND deleted_at IS NULL")
         .fetch_all(&mut **tx)
         .await?;
@@ -469,8 +468,14 @@ pub(crate) async fn fan_out(
             q.execute(&mut **tx).await?;
         }
     }
-    if postgres {
-        // Delivered on commit to every node's listener (worker and streams).
+    notify(tx).await
+}
+
+/// Tells every node's listener (worker and streams) that events were
+/// committed: on PostgreSQL a `NOTIFY`, delivered at commit; in this
+/// process directly.
+pub(crate) async fn notify(tx: &mut Tx) -> Result<()> {
+    if tx.backend_name() == "PostgreSQL" {
         sqlx::query(AssertSqlSafe(format!("NOTIFY {CHANNEL}")))
             .execute(&mut **tx)
             .await?;

@@ -5,8 +5,8 @@
 mod blobs;
 
 use crate::error::{Error, Result};
-use sqlx::any::{AnyPoolOptions, install_default_drivers};
-use sqlx::{Any, AnyPool, Executor, Transaction};
+use sqlx::any::{AnyArguments, AnyPoolOptions, install_default_drivers};
+use sqlx::{Any, AnyPool, Arguments, Executor, Transaction};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,6 +116,78 @@ pub(crate) fn indexed(dialect: Dialect, table: &str, index: &str) -> String {
 
 pub(crate) fn parenthesised(marks: &[String]) -> String {
     format!("({})", marks.join(","))
+}
+
+/// Write statements of one transaction that go to the database together.
+/// On SQLite they run as ONE multi-statement query: one hand-off to the
+/// connection's thread and back instead of one per statement, which was
+/// a dozen per group commit. sqlx binds anonymous `?` across the
+/// statements in order, so every placeholder must be anonymous there
+/// (numbered ones would index the whole list); [`value_groups`] and
+/// [`list_marks`] give the right kind. PostgreSQL's extended protocol
+/// takes one statement per query: there they run one by one.
+pub(crate) struct WriteBatch {
+    dialect: Dialect,
+    /// SQLite: a single entry holding every statement; PostgreSQL: one
+    /// entry per statement.
+    statements: Vec<(String, AnyArguments)>,
+    /// The first value that could not be encoded, reported by `execute`
+    /// (as sqlx's own `bind` defers it).
+    error: Option<sqlx::error::BoxDynError>,
+}
+
+impl WriteBatch {
+    pub fn new(dialect: Dialect) -> Self {
+        WriteBatch {
+            dialect,
+            statements: Vec::new(),
+            error: None,
+        }
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Adds a statement; its values follow with [`WriteBatch::bind`].
+    pub fn push(&mut self, sql: &str) -> &mut Self {
+        match (self.dialect, self.statements.last_mut()) {
+            (Dialect::Sqlite, Some((all, _))) => {
+                all.push_str(";\n");
+                all.push_str(sql);
+            }
+            _ => self
+                .statements
+                .push((sql.to_string(), AnyArguments::default())),
+        }
+        self
+    }
+
+    /// The next value of the statement added last.
+    pub fn bind<'t, T>(&mut self, value: T) -> &mut Self
+    where
+        T: sqlx::Encode<'t, Any> + sqlx::Type<Any>,
+    {
+        if self.error.is_none()
+            && let Some((_, args)) = self.statements.last_mut()
+            && let Err(e) = args.add(value)
+        {
+            self.error = Some(e);
+        }
+        self
+    }
+
+    pub async fn execute(self, tx: &mut Tx) -> Result<()> {
+        if let Some(e) = self.error {
+            return Err(sqlx::Error::Encode(e).into());
+        }
+        for (sql, args) in self.statements {
+            sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
 }
 
 /// The leased work queues the workers poll.

@@ -17,11 +17,11 @@
 use super::parse::{self, Parsed};
 use super::{MAX_MESSAGE_BYTES, Service};
 use crate::address::AgentAddress;
-use crate::audit::{Actor, NewEntry};
+use crate::audit::{Actor, Head, NewEntry};
 use crate::error::Result;
 use crate::service::policies::{AGENT_POLICY_SETTINGS, PolicySettings};
 use crate::store::blob_hash;
-use crate::store::{Dialect, Tx, indexed, list_marks, parenthesised, value_groups};
+use crate::store::{Dialect, Tx, WriteBatch, indexed, list_marks, parenthesised, value_groups};
 use serde_json::json;
 use sqlx::Row;
 use std::collections::{HashMap, HashSet};
@@ -328,9 +328,10 @@ impl Service {
         let mut tx = self.db.begin_write().await?;
         let t_begin = t0.elapsed();
 
-        let (max_seq,): (Option<i64>,) = sqlx::query_as("SELECT MAX(seq) FROM messages")
-            .fetch_one(&mut *tx)
-            .await?;
+        // The chain's head and the last full-text key, in one round trip.
+        let (head, row) =
+            crate::audit::read_head(&mut tx, ", (SELECT MAX(seq) FROM messages)").await?;
+        let max_seq: Option<i64> = row.try_get(4)?;
         let mut st = Batch {
             seq: max_seq.unwrap_or(0),
             ..Batch::default()
@@ -342,7 +343,7 @@ impl Service {
             results.push(self.file_one(&mut tx, &mut st, p, now).await?);
         }
         let t_file = t0.elapsed();
-        st.flush(&mut tx, now).await?;
+        st.flush(&mut tx, now, Some(head)).await?;
         let t_flush = t0.elapsed();
         tx.commit().await?;
         // Where a commit's time goes (microseconds since it started waiting
@@ -426,7 +427,7 @@ impl Service {
             filed.push((message_id, thread_id));
         }
         let last = st.seq;
-        st.flush(tx, now).await?;
+        st.flush(tx, now, None).await?;
         Ok((filed, last))
     }
 
@@ -1034,8 +1035,7 @@ impl Service {
             size,
         ));
         st.usage.push((agent_id.to_string(), size, 1));
-        st.flush_threads(tx).await?;
-        st.flush_rest(tx, now).await?;
+        st.flush(tx, now, None).await?;
         Ok(thread_id)
     }
 }
@@ -1130,34 +1130,48 @@ struct Batch {
 impl Batch {
     /// Writes everything the batch filed, in the order the single-message
     /// path would have: threads, messages and their search rows, mailbox
-    /// entries, usage, then the audit entries and events.
-    async fn flush(self, tx: &mut Tx, now: i64) -> Result<()> {
-        self.flush_threads(tx).await?;
-        self.flush_blobs(tx).await?;
-        self.flush_rest(tx, now).await
+    /// entries, usage, then the audit entries and events, continuing the
+    /// chain from `head` (read with the batch's first statement). All of it
+    /// goes to the database as one [`WriteBatch`].
+    async fn flush(self, tx: &mut Tx, now: i64, head: Option<Head>) -> Result<()> {
+        let mut batch = WriteBatch::new(Dialect::of(tx));
+        self.push_threads(&mut batch);
+        self.push_blobs(&mut batch);
+        self.push_rest(&mut batch, now);
+        if self.audit.is_empty() && self.events.is_empty() {
+            return batch.execute(tx).await;
+        }
+        let head = match head {
+            Some(head) => head,
+            None => crate::audit::read_head(tx, "").await?.0,
+        };
+        let events: Vec<(&str, Option<&str>, &serde_json::Value)> = self
+            .events
+            .iter()
+            .map(|(kind, agent, data)| (*kind, Some(agent.as_str()), data))
+            .collect();
+        crate::events::record(tx, batch, head, now, &self.audit, &events).await
     }
 
     /// The batch's small raw messages, a few multi-row inserts instead of
     /// one statement each (an identical stored blob is kept).
-    async fn flush_blobs(&self, tx: &mut Tx) -> Result<()> {
-        let dialect = Dialect::of(tx);
+    fn push_blobs(&self, batch: &mut WriteBatch) {
+        let dialect = batch.dialect();
         for chunk in self.table_blobs.chunks(32) {
             let sql = format!(
                 "INSERT INTO blobs (hash, data) VALUES {} ON CONFLICT (hash) DO NOTHING",
                 value_groups(dialect, chunk.len(), 2, parenthesised)
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
+            batch.push(&sql);
             for (hash, data) in chunk {
-                q = q.bind(hash.clone()).bind(data.clone());
+                batch.bind(hash.clone()).bind(data.clone());
             }
-            q.execute(&mut **tx).await?;
         }
-        Ok(())
     }
 
     /// The threads this batch created, and participant lists that grew.
-    async fn flush_threads(&self, tx: &mut Tx) -> Result<()> {
-        let dialect = Dialect::of(tx);
+    fn push_threads(&self, batch: &mut WriteBatch) {
+        let dialect = batch.dialect();
         let new_threads: Vec<(&String, &ThreadState)> = self
             .new_threads
             .iter()
@@ -1168,10 +1182,10 @@ impl Batch {
                 "INSERT INTO threads (id, agent_id, subject, subject_key, participants_key, participants, created_at) VALUES {}",
                 value_groups(dialect, chunk.len(), 7, parenthesised)
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
+            batch.push(&sql);
             for (id, t) in chunk {
                 let n = t.new.as_ref().expect("a new thread");
-                q = q
+                batch
                     .bind(id.to_string())
                     .bind(n.agent_id.clone())
                     .bind(n.subject.clone())
@@ -1180,22 +1194,26 @@ impl Batch {
                     .bind(t.participants.join(" "))
                     .bind(n.created_at);
             }
-            q.execute(&mut **tx).await?;
         }
+        let update = format!(
+            "UPDATE threads SET {}",
+            value_groups(dialect, 1, 2, |m| format!(
+                "participants = {} WHERE id = {}",
+                m[0], m[1]
+            ))
+        );
         for (id, t) in &self.threads {
             if t.changed && t.new.is_none() {
-                sqlx::query("UPDATE threads SET participants = $1 WHERE id = $2")
+                batch
+                    .push(&update)
                     .bind(t.participants.join(" "))
-                    .bind(id)
-                    .execute(&mut **tx)
-                    .await?;
+                    .bind(id.clone());
             }
         }
-        Ok(())
     }
 
-    async fn flush_rest(self, tx: &mut Tx, now: i64) -> Result<()> {
-        let dialect = Dialect::of(tx);
+    fn push_rest(&self, batch: &mut WriteBatch, now: i64) {
+        let dialect = batch.dialect();
         for chunk in self.messages.chunks(64) {
             let sql = format!(
                 "INSERT INTO messages (id, seq, blob_hash, size_bytes, received_at, client_ip, helo, mail_from, rcpt_to, tls, \
@@ -1203,9 +1221,9 @@ impl Batch {
                  snippet, attachments, from_key, to_key) VALUES {}",
                 value_groups(dialect, chunk.len(), 24, parenthesised)
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
+            batch.push(&sql);
             for m in chunk {
-                q = q
+                batch
                     .bind(m.id.clone())
                     .bind(m.seq)
                     .bind(m.blob_hash.clone())
@@ -1231,8 +1249,7 @@ impl Batch {
                     .bind(m.from_key.clone())
                     .bind(m.to_key.clone());
             }
-            q.execute(&mut **tx).await?;
-            insert_search_rows(tx, chunk).await?;
+            push_search_rows(batch, chunk);
         }
         // The list columns are bound from the message rows in memory: a join
         // with `messages` is planned without statistics on a young
@@ -1246,10 +1263,10 @@ impl Batch {
                     m[5..].join(", ")
                 ))
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
+            batch.push(&sql);
             for (agent, message, thread, folder, unread, size) in chunk {
                 let m = &self.messages[*message];
-                q = q
+                batch
                     .bind(agent.clone())
                     .bind(m.id.clone())
                     .bind(thread.clone())
@@ -1270,7 +1287,6 @@ impl Batch {
                     .bind(m.from_key.clone())
                     .bind(m.to_key.clone());
             }
-            q.execute(&mut **tx).await?;
         }
         // One statement for every mailbox the batch filed into (the agents
         // are distinct: `usage` is accumulated per agent).
@@ -1281,19 +1297,11 @@ impl Batch {
                  messages = mailbox_usage.messages + excluded.messages",
                 value_groups(dialect, chunk.len(), 3, parenthesised)
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
+            batch.push(&sql);
             for (agent, bytes, count) in chunk {
-                q = q.bind(agent.clone()).bind(*bytes).bind(*count);
+                batch.bind(agent.clone()).bind(*bytes).bind(*count);
             }
-            q.execute(&mut **tx).await?;
         }
-        crate::audit::append_many(tx, now, &self.audit).await?;
-        let events: Vec<(&str, Option<&str>, &serde_json::Value)> = self
-            .events
-            .iter()
-            .map(|(kind, agent, data)| (*kind, Some(agent.as_str()), data))
-            .collect();
-        crate::events::emit_many(tx, now, &events).await
     }
 }
 
@@ -1304,8 +1312,8 @@ impl Batch {
 /// the message's other rows, and all of it inside the group commit. The
 /// words are what a search looks for ([`search_terms`] on both sides), so
 /// both backends find the same messages.
-async fn insert_search_rows(tx: &mut Tx, rows: &[MessageRow]) -> Result<()> {
-    let dialect = Dialect::of(tx);
+fn push_search_rows(batch: &mut WriteBatch, rows: &[MessageRow]) {
+    let dialect = batch.dialect();
     let sql = match dialect {
         Dialect::Sqlite => format!(
             "INSERT INTO message_search (rowid, subject, addresses, body, agents) VALUES {}",
@@ -1319,16 +1327,16 @@ async fn insert_search_rows(tx: &mut Tx, rows: &[MessageRow]) -> Result<()> {
             ))
         ),
     };
-    let mut q = sqlx::query(AssertSqlSafe(sql));
+    batch.push(&sql);
     for m in rows {
-        q = match dialect {
-            Dialect::Sqlite => q
+        match dialect {
+            Dialect::Sqlite => batch
                 .bind(m.seq)
                 .bind(m.subject.clone())
                 .bind(m.search_words.clone())
                 .bind(m.search_body.clone())
                 .bind(m.search_agents.clone()),
-            Dialect::Postgres => q.bind(m.seq).bind(tsvector_literal(
+            Dialect::Postgres => batch.bind(m.seq).bind(tsvector_literal(
                 [
                     m.subject.as_deref().unwrap_or_default(),
                     &m.search_words,
@@ -1340,8 +1348,6 @@ async fn insert_search_rows(tx: &mut Tx, rows: &[MessageRow]) -> Result<()> {
             )),
         };
     }
-    q.execute(&mut **tx).await?;
-    Ok(())
 }
 
 /// The words of `text` as search indexes and looks them up: runs of

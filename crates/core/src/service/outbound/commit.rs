@@ -18,7 +18,7 @@ use crate::service::mailbox::ingest::SentCopy;
 use crate::service::mailbox::parse::Parsed;
 use crate::service::policies::PolicySettings;
 use crate::service::{Agent, Ctx, Service};
-use crate::store::{Dialect, Tx, value_groups};
+use crate::store::{Dialect, Tx, WriteBatch, value_groups};
 // Dynamic SQL here is assembled from constant fragments and placeholders
 // only; every value is bound.
 use serde_json::json;
@@ -77,13 +77,14 @@ impl Batch {
 
     /// Writes what was gathered; call once, just before the commit.
     pub async fn flush(self, tx: &mut Tx, at: i64) -> Result<()> {
-        crate::audit::append_many(tx, at, &self.audit).await?;
+        let (head, _) = crate::audit::read_head(tx, "").await?;
         let events: Vec<(&str, Option<&str>, &serde_json::Value)> = self
             .events
             .iter()
             .map(|(kind, agent, data)| (*kind, agent.as_deref(), data))
             .collect();
-        crate::events::emit_many(tx, at, &events).await
+        let batch = WriteBatch::new(Dialect::of(tx));
+        crate::events::record(tx, batch, head, at, &self.audit, &events).await
     }
 }
 
