@@ -44,7 +44,7 @@ pub(crate) async fn emit(
 }
 
 /// Writes a transaction's audit entries and then its events, in order,
-/// with the statements `batch` already holds, in one go (see
+/// after the statements `batch` already holds, in two queries (see
 /// [`WriteBatch`]): the same chain, ids, rows and webhook deliveries as
 /// calling [`crate::audit::append`] and [`emit`] for each, continuing from
 /// `head` (from [`crate::audit::read_head`] inside `tx`). Group commits of

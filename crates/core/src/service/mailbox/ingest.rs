@@ -1131,8 +1131,9 @@ impl Batch {
     /// Writes everything the batch filed, in the order the single-message
     /// path would have: threads, messages and their search rows, mailbox
     /// entries, usage, then the audit entries and events, continuing the
-    /// chain from `head` (read with the batch's first statement). All of it
-    /// goes to the database as one [`WriteBatch`].
+    /// chain from `head` (read with the batch's first statement): on
+    /// SQLite two round trips in all (see [`WriteBatch`] and
+    /// [`crate::events::record`]).
     async fn flush(self, tx: &mut Tx, now: i64, head: Option<Head>) -> Result<()> {
         let mut batch = WriteBatch::new(Dialect::of(tx));
         self.push_threads(&mut batch);

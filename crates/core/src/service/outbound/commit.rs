@@ -77,6 +77,9 @@ impl Batch {
 
     /// Writes what was gathered; call once, just before the commit.
     pub async fn flush(self, tx: &mut Tx, at: i64) -> Result<()> {
+        if self.audit.is_empty() && self.events.is_empty() {
+            return Ok(());
+        }
         let (head, _) = crate::audit::read_head(tx, "").await?;
         let events: Vec<(&str, Option<&str>, &serde_json::Value)> = self
             .events
