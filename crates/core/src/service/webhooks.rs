@@ -475,7 +475,7 @@ pub(crate) async fn fan_out(
 /// committed: on PostgreSQL a `NOTIFY`, delivered at commit; in this
 /// process directly.
 pub(crate) async fn notify(tx: &mut Tx) -> Result<()> {
-    if tx.backend_name() == "PostgreSQL" {
+    if crate::store::Dialect::of(tx) == crate::store::Dialect::Postgres {
         sqlx::query(AssertSqlSafe(format!("NOTIFY {CHANNEL}")))
             .execute(&mut **tx)
             .await?;
