@@ -100,7 +100,6 @@ pub(crate) fn list_marks(dialect: Dialect, first: usize, n: usize) -> String {
     marks.join(", ")
 }
 
-/// `(…)` around one group of [`value_groups`].
 /// `table` as written in a FROM clause, naming `index` on SQLite. SQLite
 /// runs without statistics and takes every agent for one with a few rows: on
 /// the mailbox tables, clustered by agent (`WITHOUT ROWID`), it would rather
@@ -114,33 +113,57 @@ pub(crate) fn indexed(dialect: Dialect, table: &str, index: &str) -> String {
     }
 }
 
+/// `(…)` around one group of [`value_groups`].
 pub(crate) fn parenthesised(marks: &[String]) -> String {
     format!("({})", marks.join(","))
 }
 
-/// Write statements of one transaction that go to the database together.
+/// Write statements of one transaction that go to the database together,
+/// in one round trip instead of one per statement (a dozen per group
+/// commit).
+///
 /// On SQLite they run as ONE multi-statement query: one hand-off to the
-/// connection's thread and back instead of one per statement, which was
-/// a dozen per group commit. sqlx binds anonymous `?` across the
+/// connection's thread and back. sqlx binds anonymous `?` across the
 /// statements in order, so every placeholder must be anonymous there
 /// (numbered ones would index the whole list); [`value_groups`] and
-/// [`list_marks`] give the right kind. PostgreSQL's extended protocol
-/// takes one statement per query: there they run one by one.
+/// [`list_marks`] give the right kind.
+///
+/// PostgreSQL's extended protocol takes one statement per query, and sqlx
+/// does not pipeline, so there the statements become data-modifying CTEs
+/// of one statement (`WITH w1 AS (…), w2 AS (…) <last>`), each statement's
+/// `$n` renumbered after the ones before it. PostgreSQL runs every such CTE
+/// to completion whether or not it is referenced, and checks foreign keys
+/// at the end of the whole statement, so a row may refer to one inserted
+/// by an earlier statement of the batch. What the CTEs cannot do is read
+/// each other's writes: no statement of a batch may depend on what another
+/// wrote (update a row another inserted, or upsert the same key twice).
+/// The `$` of a PostgreSQL statement must be placeholders only.
 pub(crate) struct WriteBatch {
     dialect: Dialect,
-    /// SQLite: a single entry holding every statement; PostgreSQL: one
-    /// entry per statement.
-    statements: Vec<(String, AnyArguments)>,
+    queries: Vec<BatchQuery>,
     /// The first value that could not be encoded, reported by `execute`
     /// (as sqlx's own `bind` defers it).
     error: Option<sqlx::error::BoxDynError>,
 }
 
+/// One query of a [`WriteBatch`]: its statements and their values.
+struct BatchQuery {
+    statements: Vec<String>,
+    args: AnyArguments,
+    /// PostgreSQL: the placeholders used so far (the next statement's `$1`
+    /// is this plus one).
+    params: usize,
+}
+
+/// Bound values one PostgreSQL statement may have (the protocol counts
+/// them in 16 bits); a batch that would need more starts a second query.
+const PG_MAX_PARAMS: usize = 65_535;
+
 impl WriteBatch {
     pub fn new(dialect: Dialect) -> Self {
         WriteBatch {
             dialect,
-            statements: Vec::new(),
+            queries: Vec::new(),
             error: None,
         }
     }
@@ -151,14 +174,29 @@ impl WriteBatch {
 
     /// Adds a statement; its values follow with [`WriteBatch::bind`].
     pub fn push(&mut self, sql: &str) -> &mut Self {
-        match (self.dialect, self.statements.last_mut()) {
-            (Dialect::Sqlite, Some((all, _))) => {
-                all.push_str(";\n");
-                all.push_str(sql);
-            }
-            _ => self
-                .statements
-                .push((sql.to_string(), AnyArguments::default())),
+        let params = match self.dialect {
+            Dialect::Sqlite => 0,
+            Dialect::Postgres => max_placeholder(sql),
+        };
+        let fits = match (self.dialect, self.queries.last()) {
+            (_, None) => false,
+            (Dialect::Sqlite, Some(_)) => true,
+            (Dialect::Postgres, Some(q)) => q.params + params <= PG_MAX_PARAMS,
+        };
+        if !fits {
+            self.queries.push(BatchQuery {
+                statements: Vec::new(),
+                args: AnyArguments::default(),
+                params: 0,
+            });
+        }
+        if let Some(q) = self.queries.last_mut() {
+            let sql = match self.dialect {
+                Dialect::Sqlite => sql.to_string(),
+                Dialect::Postgres => shift_placeholders(sql, q.params),
+            };
+            q.statements.push(sql);
+            q.params += params;
         }
         self
     }
@@ -169,8 +207,8 @@ impl WriteBatch {
         T: sqlx::Encode<'t, Any> + sqlx::Type<Any>,
     {
         if self.error.is_none()
-            && let Some((_, args)) = self.statements.last_mut()
-            && let Err(e) = args.add(value)
+            && let Some(q) = self.queries.last_mut()
+            && let Err(e) = q.args.add(value)
         {
             self.error = Some(e);
         }
@@ -181,13 +219,86 @@ impl WriteBatch {
         if let Some(e) = self.error {
             return Err(sqlx::Error::Encode(e).into());
         }
-        for (sql, args) in self.statements {
-            sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
+        for q in self.queries {
+            let sql = match self.dialect {
+                Dialect::Sqlite => q.statements.join(";\n"),
+                Dialect::Postgres => as_one_statement(q.statements),
+            };
+            sqlx::query_with(sqlx::AssertSqlSafe(sql), q.args)
                 .execute(&mut **tx)
                 .await?;
         }
         Ok(())
     }
+}
+
+/// `WITH w1 AS (s1), …, w(n-1) AS (s(n-1)) sn`: PostgreSQL statements as
+/// one (see [`WriteBatch`]).
+fn as_one_statement(mut statements: Vec<String>) -> String {
+    let Some(last) = statements.pop() else {
+        return String::new();
+    };
+    if statements.is_empty() {
+        return last;
+    }
+    let mut sql = String::from("WITH ");
+    for (i, s) in statements.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("w{} AS ({s})", i + 1));
+    }
+    sql.push(' ');
+    sql.push_str(&last);
+    sql
+}
+
+/// The highest `$n` in a PostgreSQL statement (its number of values, as
+/// every placeholder up to it is bound).
+fn max_placeholder(sql: &str) -> usize {
+    placeholders(sql).map(|(_, _, n)| n).max().unwrap_or(0)
+}
+
+/// Each `$n` of `sql` as (start, end, n). Written by hand: sqlx exposes no
+/// placeholder rewriting, and this crate's statements use `$` for nothing
+/// else.
+fn placeholders(sql: &str) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+    let bytes = sql.as_bytes();
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        while i < bytes.len() {
+            if bytes[i] == b'$' {
+                let start = i;
+                let mut end = i + 1;
+                while end < bytes.len() && bytes[end].is_ascii_digit() {
+                    end += 1;
+                }
+                i = end;
+                if let Ok(n) = sql[start + 1..end].parse::<usize>() {
+                    return Some((start, end, n));
+                }
+            } else {
+                i += 1;
+            }
+        }
+        None
+    })
+}
+
+/// `sql` with every `$n` made `$(n + by)`.
+fn shift_placeholders(sql: &str, by: usize) -> String {
+    if by == 0 {
+        return sql.to_string();
+    }
+    let mut out = String::with_capacity(sql.len() + sql.len() / 8);
+    let mut copied = 0;
+    for (start, end, n) in placeholders(sql) {
+        out.push_str(&sql[copied..start]);
+        out.push_str(&format!("${}", n + by));
+        copied = end;
+    }
+    out.push_str(&sql[copied..]);
+    out
 }
 
 /// The leased work queues the workers poll.
@@ -197,11 +308,36 @@ pub(crate) enum WorkQueue {
     Webhooks,
 }
 
+/// A PostgreSQL pool of up to `connections`, each planning every
+/// execution with its values (see the comment inside).
+async fn postgres_pool(url: &str, connections: u32) -> Result<AnyPool> {
+    AnyPoolOptions::new()
+        .max_connections(connections)
+        .acquire_timeout(Duration::from_secs(30))
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                // Mailboxes differ by orders of magnitude (a busy agent
+                // holds 50,000 entries, most a hundred): a generic plan
+                // cached for one is wrong for the other, so plan each
+                // execution with its values.
+                conn.execute("SET plan_cache_mode = force_custom_plan")
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await
+        .map_err(|e| Error::Internal(format!("cannot connect to {}: {e}", redact_url(url))))
+}
+
 #[derive(Clone)]
 pub(crate) struct Db {
     pub pool: AnyPool,
     /// SQLite only: the one connection that writes (see [`Db::writer`]).
     writer: Option<AnyPool>,
+    /// PostgreSQL only: the group commits' own connections (see
+    /// [`Db::begin_group_commit`]).
+    group_writer: Option<AnyPool>,
     pub dialect: Dialect,
     pub blobs: BlobStore,
     /// SQLite only: see [`Db::write_gate`].
@@ -353,6 +489,7 @@ impl Db {
         Ok(Db {
             pool,
             writer: Some(writer),
+            group_writer: None,
             dialect: Dialect::Sqlite,
             blobs,
             write_gate: Some(gate),
@@ -360,46 +497,58 @@ impl Db {
     }
 
     async fn open_postgres(url: &str) -> Result<Self> {
-        let pool = AnyPoolOptions::new()
-            .max_connections(16)
-            .acquire_timeout(Duration::from_secs(30))
-            .after_connect(|conn, _meta| {
-                Box::pin(async move {
-                    // Mailboxes differ by orders of magnitude (a busy agent
-                    // holds 50,000 entries, most a hundred): a generic plan
-                    // cached for one is wrong for the other, so plan each
-                    // execution with its values.
-                    conn.execute("SET plan_cache_mode = force_custom_plan")
-                        .await?;
-                    Ok(())
-                })
-            })
-            .connect(url)
-            .await
-            .map_err(|e| Error::Internal(format!("cannot connect to {}: {e}", redact_url(url))))?;
+        let pool = postgres_pool(url, 16).await?;
         // sqlx takes an advisory lock, so several nodes starting at once
         // migrate exactly once.
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        // One connection per group committer (inbound mail, sends). From
+        // the shared pool a commit met a connection that had not prepared
+        // its statement yet about every other time: each costs a parse and
+        // five custom plans per connection, times the batch sizes.
+        let group_writer = postgres_pool(url, 2).await?;
         Ok(Db {
             pool,
             writer: None,
+            group_writer: Some(group_writer),
             dialect: Dialect::Postgres,
             blobs: BlobStore::database(),
             write_gate: None,
         })
     }
 
-    /// Begins a write transaction and takes the organisation's write lock
-    /// first (a no-op update of the audit head). On SQLite this acquires the
-    /// database write lock up front, so the transaction can never fail later
-    /// with a lock upgrade; on PostgreSQL it row-locks the head, serialising
-    /// the audit chain and event ids across every node.
+    /// Begins a write transaction holding the organisation's write lock,
+    /// in the one round trip that begins it. On SQLite, `BEGIN IMMEDIATE`
+    /// takes the database write lock up front, so the transaction can
+    /// never fail later with a lock upgrade. On PostgreSQL a no-op update
+    /// row-locks the audit head, serialising the audit chain and event ids
+    /// across every node; it rides in the `BEGIN`'s simple query.
     pub async fn begin_write(&self) -> Result<Tx> {
+        self.begin_locked(
+            "BEGIN; UPDATE audit_head SET last_id = last_id WHERE id = 1",
+            self.writer(),
+        )
+        .await
+    }
+
+    /// [`Db::begin_write`] for a group commit (inbound mail, sends): on
+    /// PostgreSQL on the group committers' own connections, whose prepared
+    /// statements stay warm.
+    pub async fn begin_group_commit(&self) -> Result<Tx> {
+        self.begin_locked(
+            "BEGIN; UPDATE audit_head SET last_id = last_id WHERE id = 1",
+            self.group_writer.as_ref().unwrap_or(self.writer()),
+        )
+        .await
+    }
+
+    /// `postgres_begin` is one simple query: `BEGIN` and what follows it.
+    async fn begin_locked(&self, postgres_begin: &'static str, on: &AnyPool) -> Result<Tx> {
         let gate = self.write_gate().await;
-        let mut inner = self.writer().begin().await?;
-        sqlx::query("UPDATE audit_head SET last_id = last_id WHERE id = 1")
-            .execute(&mut *inner)
-            .await?;
+        let begin = match self.dialect {
+            Dialect::Sqlite => "BEGIN IMMEDIATE",
+            Dialect::Postgres => postgres_begin,
+        };
+        let inner = on.begin_with(begin).await?;
         Ok(Tx { inner, _gate: gate })
     }
 
@@ -455,5 +604,75 @@ impl Db {
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_shift_after_the_statements_before() {
+        assert_eq!(
+            max_placeholder("INSERT INTO t VALUES ($1, $2), ($3, $12)"),
+            12
+        );
+        assert_eq!(max_placeholder("UPDATE t SET a = 1"), 0);
+        assert_eq!(
+            shift_placeholders("UPDATE t SET a = $1 WHERE b = $10 AND c = '$'", 5),
+            "UPDATE t SET a = $6 WHERE b = $15 AND c = '$'"
+        );
+        assert_eq!(shift_placeholders("SELECT $1", 0), "SELECT $1");
+    }
+
+    #[test]
+    fn postgres_statements_become_ctes_of_the_last() {
+        let mut batch = WriteBatch::new(Dialect::Postgres);
+        batch
+            .push("INSERT INTO a VALUES ($1, $2)")
+            .bind(1_i64)
+            .bind(2_i64);
+        batch
+            .push("UPDATE b SET x = $1 WHERE id = $2")
+            .bind(3_i64)
+            .bind(4_i64);
+        batch.push("SELECT pg_notify('c', '')");
+        assert_eq!(batch.queries.len(), 1);
+        let q = batch.queries.pop().expect("one query");
+        assert_eq!(q.params, 4);
+        assert_eq!(
+            as_one_statement(q.statements),
+            "WITH w1 AS (INSERT INTO a VALUES ($1, $2)), \
+             w2 AS (UPDATE b SET x = $3 WHERE id = $4) SELECT pg_notify('c', '')"
+        );
+        assert_eq!(as_one_statement(vec!["SELECT 1".into()]), "SELECT 1");
+    }
+
+    #[test]
+    fn a_postgres_batch_over_the_protocol_limit_starts_a_second_query() {
+        let marks = |n: usize| (1..=n).map(|i| format!("${i}")).collect::<Vec<_>>();
+        let big = format!("INSERT INTO a VALUES ({})", marks(40_000).join(","));
+        let mut batch = WriteBatch::new(Dialect::Postgres);
+        batch.push(&big);
+        batch.push(&big);
+        batch.push("UPDATE b SET x = $1").bind(1_i64);
+        assert_eq!(batch.queries.len(), 2);
+        assert_eq!(batch.queries[1].params, 40_001);
+        assert!(batch.queries[1].statements[1].ends_with("$40001"));
+    }
+
+    #[test]
+    fn sqlite_statements_stay_one_query_as_written() {
+        let mut batch = WriteBatch::new(Dialect::Sqlite);
+        batch
+            .push("INSERT INTO a VALUES (?, ?)")
+            .bind(1_i64)
+            .bind(2_i64);
+        batch.push("UPDATE b SET x = ?").bind(3_i64);
+        assert_eq!(batch.queries.len(), 1);
+        assert_eq!(
+            batch.queries[0].statements,
+            vec!["INSERT INTO a VALUES (?, ?)", "UPDATE b SET x = ?"]
+        );
     }
 }

@@ -325,7 +325,7 @@ impl Service {
     ) -> Result<Vec<Result<String, DeliveryError>>> {
         let now = self.now();
         let t0 = std::time::Instant::now();
-        let mut tx = self.db.begin_write().await?;
+        let mut tx = self.db.begin_group_commit().await?;
         let t_begin = t0.elapsed();
 
         // The chain's head and the last full-text key, in one round trip.

@@ -179,7 +179,7 @@ impl Service {
         attempts: &[Attempted],
     ) -> Result<Vec<Result<Option<SendInfo>>>> {
         let now = self.now();
-        let mut tx = self.db.begin_write().await?;
+        let mut tx = self.db.begin_group_commit().await?;
         let mut b = Batch::default();
         let results = if sends.is_empty() {
             vec![]
