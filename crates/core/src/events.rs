@@ -4,7 +4,7 @@
 
 use crate::audit::{Head, NewEntry};
 use crate::error::Result;
-use crate::store::{Tx, WriteBatch};
+use crate::store::{Dialect, Tx, WriteBatch};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::Row;
@@ -58,13 +58,16 @@ pub(crate) async fn record(
     events: &[(&str, Option<&str>, &Value)],
 ) -> Result<()> {
     crate::audit::push_entries(&mut batch, &mut head, at, entries);
-    // The events and the head go as a second query: SQLite's statement
-    // cache keys a multi-statement query by its whole text, and a send
-    // commit's mix of audit entries and events takes so many shapes that
-    // one query for both kept missing the cache (more CPU per send).
+    // On SQLite the events and the head go as a second query: its
+    // statement cache keys a multi-statement query by its whole text, and a
+    // send commit's mix of audit entries and events takes so many shapes
+    // that one query for both kept missing the cache (more CPU per send).
+    // PostgreSQL's one statement costs a round trip, the scarcer thing there.
     let dialect = batch.dialect();
-    batch.execute(tx).await?;
-    let mut batch = WriteBatch::new(dialect);
+    if dialect == Dialect::Sqlite {
+        batch.execute(tx).await?;
+        batch = WriteBatch::new(dialect);
+    }
     let first = head.last_event_id + 1;
     for chunk in events.chunks(100) {
         let sql = format!(
@@ -85,18 +88,20 @@ pub(crate) async fn record(
     if !entries.is_empty() || !events.is_empty() {
         crate::audit::push_head(&mut batch, &head);
     }
-    batch.execute(tx).await?;
-    if events.is_empty() {
-        return Ok(());
-    }
     // Webhook deliveries per event only when an endpoint exists; otherwise
-    // the other nodes and the local worker are still told.
-    if head.webhooks {
+    // the stream readers of every node are still told, on PostgreSQL by the
+    // batch's last statement.
+    let told = !events.is_empty() && !head.webhooks;
+    if told {
+        crate::service::webhooks::push_notify_streams(&mut batch);
+    }
+    batch.execute(tx).await?;
+    if told {
+        crate::service::webhooks::wake_streams();
+    } else if !events.is_empty() {
         for (i, (kind, agent_id, _)) in events.iter().enumerate() {
             crate::service::webhooks::fan_out(tx, first + i as i64, kind, *agent_id, at).await?;
         }
-        Ok(())
-    } else {
-        crate::service::webhooks::notify(tx).await
     }
+    Ok(())
 }

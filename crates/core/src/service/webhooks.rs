@@ -97,7 +97,9 @@ pub fn parse_duration(p: &str) -> std::result::Result<Duration, String> {
 
 static WORKER_WAKE: Notify = Notify::const_new();
 static EVENTS_WAKE: Notify = Notify::const_new();
-static NUDGE_PENDING: AtomicBool = AtomicBool::new(false);
+/// Whether nudges are pending for the worker, and for the stream readers.
+static WORKER_NUDGE_PENDING: AtomicBool = AtomicBool::new(false);
+static EVENTS_NUDGE_PENDING: AtomicBool = AtomicBool::new(false);
 static STREAMS_CLOSING: AtomicBool = AtomicBool::new(false);
 
 /// Wakes the local worker and stream readers. Called before a commit (from
@@ -105,17 +107,29 @@ static STREAMS_CLOSING: AtomicBool = AtomicBool::new(false);
 /// again shortly after; the SQLite claim itself waits for the writer anyway.
 pub(crate) fn wake_local() {
     WORKER_WAKE.notify_one();
+    nudge(&WORKER_NUDGE_PENDING, || WORKER_WAKE.notify_one());
+    wake_streams();
+}
+
+/// [`wake_local`] for events that created no webhook delivery: only the
+/// stream readers have something new. Waking the worker would cost it two
+/// queries per wake-up for nothing, on every commit of inbound mail.
+pub(crate) fn wake_streams() {
     EVENTS_WAKE.notify_waiters();
-    if tokio::runtime::Handle::try_current().is_ok() && !NUDGE_PENDING.swap(true, Ordering::AcqRel)
-    {
-        tokio::spawn(async {
+    nudge(&EVENTS_NUDGE_PENDING, || EVENTS_WAKE.notify_waiters());
+}
+
+/// Calls `wake` again 2, 22 and 172 ms from now, unless nudges for it are
+/// pending already.
+fn nudge(pending: &'static AtomicBool, wake: fn()) {
+    if tokio::runtime::Handle::try_current().is_ok() && !pending.swap(true, Ordering::AcqRel) {
+        tokio::spawn(async move {
             for ms in [2u64, 20, 150] {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 if ms == 20 {
-                    NUDGE_PENDING.store(false, Ordering::Release);
+                    pending.store(false, Ordering::Release);
                 }
-                WORKER_WAKE.notify_one();
-                EVENTS_WAKE.notify_waiters();
+                wake();
             }
         });
     }
@@ -469,6 +483,20 @@ pub(crate) async fn fan_out(
         }
     }
     notify(tx).await
+}
+
+/// The payload of a notification for events that created no webhook
+/// delivery: the listeners wake their stream readers only.
+const STREAMS_ONLY: &str = "streams";
+
+/// Tells every node's stream readers that events without webhook
+/// deliveries were committed: on PostgreSQL by the last statement of a write
+/// batch (as the statement the batch's CTEs hang from, it must come last);
+/// the caller wakes this process with [`wake_streams`] after executing it.
+pub(crate) fn push_notify_streams(batch: &mut crate::store::WriteBatch) {
+    if batch.dialect() == crate::store::Dialect::Postgres {
+        batch.push(&format!("SELECT pg_notify('{CHANNEL}', '{STREAMS_ONLY}')"));
+    }
 }
 
 /// Tells every node's listener (worker and streams) that events were
@@ -1456,8 +1484,10 @@ async fn listen(url: String) {
                     EVENTS_WAKE.notify_waiters();
                     loop {
                         match l.recv().await {
-                            Ok(_) => {
-                                WORKER_WAKE.notify_one();
+                            Ok(n) => {
+                                if n.payload() != STREAMS_ONLY {
+                                    WORKER_WAKE.notify_one();
+                                }
                                 EVENTS_WAKE.notify_waiters();
                             }
                             Err(e) => {
