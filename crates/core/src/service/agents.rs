@@ -477,6 +477,7 @@ impl Service {
         )
         .await?;
         tx.commit().await?;
+        self.accepted_rcpts.clear();
         self.load_agent(&agent.id)
             .await?
             .ok_or_else(|| Error::not_found("agent"))
@@ -557,6 +558,7 @@ impl Service {
         )
         .await?;
         tx.commit().await?;
+        self.accepted_rcpts.clear();
         self.load_agent(&agent.id)
             .await?
             .ok_or_else(|| Error::not_found("agent"))
@@ -615,6 +617,7 @@ impl Service {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.accepted_rcpts.clear();
 
         let export = self.write_export(&agent).await?;
 
@@ -650,6 +653,7 @@ impl Service {
         self.record(&mut tx, &entry, Some(("agent.decommissioned", event)))
             .await?;
         tx.commit().await?;
+        self.accepted_rcpts.clear();
         let agent = self
             .load_agent(&agent.id)
             .await?

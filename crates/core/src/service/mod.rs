@@ -216,6 +216,8 @@ pub struct Service {
     pub(crate) outbound_wake: Arc<tokio::sync::Notify>,
     /// This node's send group commit (`outbound::commit`).
     pub(crate) send_queue: outbound::SendQueue,
+    /// This node's recent RCPT `Accept` answers (`mailbox::ingest`).
+    pub(crate) accepted_rcpts: Arc<mailbox::ingest::AcceptedRecipients>,
 }
 
 /// Page sizes: default 50, at most 200.
@@ -259,6 +261,7 @@ impl Service {
             cfg,
             outbound_wake: Arc::new(tokio::sync::Notify::new()),
             send_queue: Default::default(),
+            accepted_rcpts: Default::default(),
         })
     }
 

@@ -454,6 +454,7 @@ impl Service {
         )
         .await?;
         tx.commit().await?;
+        self.accepted_rcpts.clear();
         self.load_policy(id).await
     }
 
@@ -511,6 +512,7 @@ impl Service {
         )
         .await?;
         tx.commit().await?;
+        self.accepted_rcpts.clear();
         Ok(())
     }
 }

@@ -57,6 +57,52 @@ pub enum RecipientCheck {
     MailboxFull,
 }
 
+/// How long an RCPT `Accept` is reused without asking the database again.
+/// A recipient suspended, removed or filled meanwhile is still refused: the
+/// commit resolves every recipient again under the write lock, and answers
+/// after DATA. This node forgets its entries as soon as it changes them.
+const ACCEPT_REUSED_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Entries kept at most; past it the cache starts over.
+const ACCEPTED_MAX: usize = 10_000;
+
+/// Recent RCPT `Accept` answers by address key. The RCPT check was a
+/// query per recipient on the pool, about as much database CPU as filing
+/// the message (PostgreSQL plans it afresh each time), for an answer that
+/// changes rarely. Only `Accept` is kept: every refusal asks again.
+#[derive(Default)]
+pub(crate) struct AcceptedRecipients(std::sync::Mutex<HashMap<String, std::time::Instant>>);
+
+impl AcceptedRecipients {
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, std::time::Instant>> {
+        // A panic elsewhere cannot leave a map of instants inconsistent.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn fresh(&self, key: &str) -> bool {
+        self.entries()
+            .get(key)
+            .is_some_and(|at| at.elapsed() < ACCEPT_REUSED_FOR)
+    }
+
+    fn accepted(&self, key: String) {
+        let mut entries = self.entries();
+        if entries.len() >= ACCEPTED_MAX {
+            entries.clear();
+        }
+        entries.insert(key, std::time::Instant::now());
+    }
+
+    fn forget(&self, key: &str) {
+        self.entries().remove(key);
+    }
+
+    /// After an agent's status or a policy changed.
+    pub(crate) fn clear(&self) {
+        self.entries().clear();
+    }
+}
+
 /// Why a delivery was not stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeliveryError {
@@ -276,6 +322,9 @@ impl Service {
         let Ok(addr) = AgentAddress::parse(rcpt, "rcpt") else {
             return Ok(RecipientCheck::Unknown);
         };
+        if self.accepted_rcpts.fresh(&addr.key()) {
+            return Ok(RecipientCheck::Accept);
+        }
         let sql = format!(
             "SELECT a.id, a.status, {AGENT_POLICY_SETTINGS} AS settings, COALESCE(u.bytes, 0) AS used FROM agents a \
              LEFT JOIN mailbox_usage u ON u.agent_id = a.id WHERE a.address_key = $1 AND a.status <> 'decommissioned'"
@@ -307,6 +356,7 @@ impl Service {
         Ok(if used >= policy.storage_bytes {
             RecipientCheck::MailboxFull
         } else {
+            self.accepted_rcpts.accepted(addr.key());
             RecipientCheck::Accept
         })
     }
@@ -343,9 +393,23 @@ impl Service {
             results.push(self.file_one(&mut tx, &mut st, p, now).await?);
         }
         let t_file = t0.elapsed();
+        // A recipient this batch found refusing, or filled, is asked about
+        // again at its next RCPT.
+        let refusing: Vec<String> = st
+            .agents
+            .iter()
+            .filter(|(_, a)| {
+                a.as_ref()
+                    .is_none_or(|a| a.status != "active" || a.used >= a.quota)
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
         st.flush(&mut tx, now, Some(head)).await?;
         let t_flush = t0.elapsed();
         tx.commit().await?;
+        for key in &refusing {
+            self.accepted_rcpts.forget(key);
+        }
         // Where a commit's time goes (microseconds since it started waiting
         // for the write lock), for `bench/smtp-ingest`.
         let micros = |d: std::time::Duration| d.as_micros() as u64;
