@@ -159,12 +159,25 @@ pub(crate) struct Head {
 /// columns after the head's four (`, (SELECT …)`), for a caller that wants
 /// them from the same round trip; the row is returned for those.
 pub(crate) async fn read_head(tx: &mut Tx, extra: &str) -> Result<(Head, sqlx::any::AnyRow)> {
+    read_head_with(tx, extra, &[]).await
+}
+
+/// [`read_head`] whose `extra` columns take `binds`, in order.
+pub(crate) async fn read_head_with(
+    tx: &mut Tx,
+    extra: &str,
+    binds: &[&str],
+) -> Result<(Head, sqlx::any::AnyRow)> {
     let sql = format!(
         "SELECT h.last_id, h.last_hash, h.last_event_id, \
          (SELECT COUNT(*) FROM (SELECT 1 FROM webhook_endpoints WHERE enabled = 1 AND deleted_at IS NULL LIMIT 1) w){extra} \
          FROM audit_head h WHERE h.id = 1"
     );
-    let row = sqlx::query(AssertSqlSafe(sql)).fetch_one(&mut **tx).await?;
+    let mut q = sqlx::query(AssertSqlSafe(sql));
+    for b in binds {
+        q = q.bind(b.to_string());
+    }
+    let row = q.fetch_one(&mut **tx).await?;
     let head = Head {
         last_id: row.try_get(0)?,
         last_hash: row.try_get(1)?,

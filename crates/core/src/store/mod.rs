@@ -505,7 +505,9 @@ impl Db {
         // the shared pool a commit met a connection that had not prepared
         // its statement yet about every other time: each costs a parse and
         // five custom plans per connection, times the batch sizes.
-        let group_writer = postgres_pool(url, 2).await?;
+        // Three: a send commit, and two batches of inbound mail, one
+        // committing and the next waiting for the lock (ingest.rs).
+        let group_writer = postgres_pool(url, 3).await?;
         Ok(Db {
             pool,
             writer: None,

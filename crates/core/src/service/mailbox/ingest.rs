@@ -67,9 +67,10 @@ const ACCEPT_REUSED_FOR: std::time::Duration = std::time::Duration::from_secs(1)
 const ACCEPTED_MAX: usize = 10_000;
 
 /// Recent RCPT `Accept` answers by address key. The RCPT check was a
-/// query per recipient on the pool, about as much database CPU as filing
-/// the message (PostgreSQL plans it afresh each time), for an answer that
-/// changes rarely. Only `Accept` is kept: every refusal asks again.
+/// query per recipient on the pool, on PostgreSQL (which plans it afresh
+/// each time) about half the database CPU of filing the message, for an
+/// answer that changes rarely. Only `Accept` is kept: every refusal asks
+/// again.
 #[derive(Default)]
 pub(crate) struct AcceptedRecipients(std::sync::Mutex<HashMap<String, std::time::Instant>>);
 
@@ -263,49 +264,183 @@ impl Ingest {
     }
 }
 
+/// Takes batches off the queue. On PostgreSQL a batch starts as soon as
+/// the one before it is committing, not once it has committed: its `BEGIN`
+/// and the write lock's wait overlap the other's `COMMIT` (a round trip and
+/// an fsync), so it holds the lock from the moment the other lets go.
+/// Batches still hold the lock one after the other.
 async fn committer(svc: Arc<Service>, mut rx: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut in_flight = tokio::task::JoinSet::new();
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let jobs = std::mem::take(&mut batch);
-        let (prepared, replies): (Vec<_>, Vec<_>) =
-            jobs.into_iter().map(|j| (j.prepared, j.reply)).unzip();
-        let started = std::time::Instant::now();
-        let results = match svc.commit_deliveries(&prepared).await {
-            Ok(r) => r,
-            Err(e) if prepared.len() > 1 => {
-                // One bad delivery must not sink the others: retry alone.
-                tracing::warn!(error = %e, batch = prepared.len(), "group commit failed; committing one by one");
-                let mut out = Vec::with_capacity(prepared.len());
-                for p in &prepared {
-                    out.push(match svc.commit_deliveries(std::slice::from_ref(p)).await {
+        let (committing, at_commit) = oneshot::channel();
+        in_flight.spawn(commit_jobs(svc.clone(), jobs, committing));
+        // Dropped unsent when the batch ends another way.
+        let _ = at_commit.await;
+        while in_flight.try_join_next().is_some() {}
+    }
+    // The runtime of a committer thread ends with this function.
+    while in_flight.join_next().await.is_some() {}
+}
+
+/// Commits one batch and answers its senders; `committing` is told when
+/// the batch is committing (see [`committer`]).
+async fn commit_jobs(svc: Arc<Service>, jobs: Vec<Job>, committing: oneshot::Sender<()>) {
+    let (prepared, replies): (Vec<_>, Vec<_>) =
+        jobs.into_iter().map(|j| (j.prepared, j.reply)).unzip();
+    let started = std::time::Instant::now();
+    let results = match svc.commit_deliveries(&prepared, Some(committing)).await {
+        Ok(r) => r,
+        Err(e) if prepared.len() > 1 => {
+            // One bad delivery must not sink the others: retry alone.
+            tracing::warn!(error = %e, batch = prepared.len(), "group commit failed; committing one by one");
+            let mut out = Vec::with_capacity(prepared.len());
+            for p in &prepared {
+                out.push(
+                    match svc.commit_deliveries(std::slice::from_ref(p), None).await {
                         Ok(mut r) => r.pop().unwrap_or(Err(DeliveryError::Temp)),
                         Err(e) => {
                             tracing::error!(error = %e, "inbound delivery failed");
                             Err(DeliveryError::Temp)
                         }
-                    });
-                }
-                out
+                    },
+                );
             }
-            Err(e) => {
-                tracing::error!(error = %e, "inbound delivery failed");
-                vec![Err(DeliveryError::Temp)]
-            }
-        };
-        tracing::debug!(
-            batch = prepared.len(),
-            micros = started.elapsed().as_micros() as u64,
-            "group commit"
-        );
-        for (reply, result) in replies.into_iter().zip(results) {
-            let _ = reply.send(result);
+            out
         }
+        Err(e) => {
+            tracing::error!(error = %e, "inbound delivery failed");
+            vec![Err(DeliveryError::Temp)]
+        }
+    };
+    tracing::debug!(
+        batch = prepared.len(),
+        micros = started.elapsed().as_micros() as u64,
+        "group commit"
+    );
+    for (reply, result) in replies.into_iter().zip(results) {
+        let _ = reply.send(result);
     }
 }
 
 /// Values per `IN (…)` list of the batch's reads (far below both
 /// backends' limits on bound parameters).
 const PREFETCH_CHUNK: usize = 300;
+
+/// The batch's first reads that can ride with the audit head's (see
+/// `commit_deliveries`): its recipients' agents and the stored messages
+/// with the Message-IDs it names, each as one JSON array of rows. A batch
+/// whose lists exceed [`PREFETCH_CHUNK`] reads them in `prefetch` instead.
+struct FirstRead {
+    keys: Vec<String>,
+    headers: Vec<String>,
+}
+
+impl FirstRead {
+    fn of(batch: &[Prepared]) -> Self {
+        let mut keys: Vec<String> = batch
+            .iter()
+            .flat_map(|p| p.rcpt_keys.iter().flatten().cloned())
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let mut headers: Vec<String> = batch
+            .iter()
+            .flat_map(|p| {
+                let pm = &p.parsed;
+                pm.references
+                    .iter()
+                    .chain(&pm.in_reply_to)
+                    .chain(&pm.message_id)
+                    .cloned()
+            })
+            .collect();
+        headers.sort_unstable();
+        headers.dedup();
+        FirstRead { keys, headers }
+    }
+
+    fn rides(&self) -> bool {
+        !self.keys.is_empty()
+            && self.keys.len() <= PREFETCH_CHUNK
+            && self.headers.len() <= PREFETCH_CHUNK
+    }
+
+    /// Columns 4 (the last full-text key), 5 (agents) and 6 (messages) of
+    /// the head's row.
+    fn columns(&self, dialect: Dialect) -> String {
+        let mut sql = String::from(", (SELECT MAX(seq) FROM messages)");
+        if !self.rides() {
+            return sql;
+        }
+        let (open, close) = match dialect {
+            Dialect::Postgres => ("CAST(json_agg(json_build_array(", ")) AS TEXT)"),
+            Dialect::Sqlite => ("json_group_array(json_array(", "))"),
+        };
+        sql.push_str(&format!(
+            ", (SELECT {open}a.address_key, a.id, a.address, a.status, {AGENT_POLICY_SETTINGS}, \
+             COALESCE(u.bytes, 0){close} FROM agents a LEFT JOIN mailbox_usage u ON u.agent_id = a.id \
+             WHERE a.address_key IN ({}) AND a.status <> 'decommissioned')",
+            list_marks(dialect, 1, self.keys.len())
+        ));
+        if self.headers.is_empty() {
+            sql.push_str(", NULL");
+        } else {
+            sql.push_str(&format!(
+                ", (SELECT {open}id, message_id_header{close} FROM messages \
+                 WHERE message_id_header IN ({}))",
+                list_marks(dialect, self.keys.len() + 1, self.headers.len())
+            ));
+        }
+        sql
+    }
+
+    fn binds(&self) -> Vec<&str> {
+        if !self.rides() {
+            return vec![];
+        }
+        self.keys
+            .iter()
+            .chain(&self.headers)
+            .map(String::as_str)
+            .collect()
+    }
+
+    /// Files what the head's row brought into `st`, as `prefetch` would.
+    fn apply(&self, row: &sqlx::any::AnyRow, st: &mut Batch) -> Result<()> {
+        if !self.rides() {
+            return Ok(());
+        }
+        fn rows<T: serde::de::DeserializeOwned>(json: Option<String>) -> Result<Vec<T>> {
+            // No rows: NULL on PostgreSQL, `[]` on SQLite.
+            serde_json::from_str(json.as_deref().unwrap_or("[]")).map_err(|e| {
+                crate::error::Error::Internal(format!("a batch's first read did not parse: {e}"))
+            })
+        }
+        type AgentRow = (String, String, String, String, Option<String>, i64);
+        for (key, id, address, status, settings, used) in rows::<AgentRow>(row.try_get(5)?)? {
+            let policy = PolicySettings::resolved(settings);
+            st.agents.entry(key).or_insert(Some(BatchAgent {
+                id,
+                address,
+                status,
+                quota: policy.storage_bytes,
+                used,
+            }));
+        }
+        for k in &self.keys {
+            st.agents.entry(k.clone()).or_insert(None);
+        }
+        st.agents_read = true;
+        st.stored_headers = Some(
+            rows::<(String, String)>(row.try_get(6)?)?
+                .into_iter()
+                .collect(),
+        );
+        Ok(())
+    }
+}
 
 /// A recipient agent resolved inside the commit.
 struct Rcpt {
@@ -369,23 +504,31 @@ impl Service {
     /// the batch itself already filed taken into account; the writes are
     /// collected and go out as a few multi-row statements at the end, so a
     /// batch costs about three statements per message instead of twenty.
+    /// `committing` is told once only the `COMMIT` is left (PostgreSQL), or
+    /// dropped when the batch is done.
     async fn commit_deliveries(
         &self,
         batch: &[Prepared],
+        committing: Option<oneshot::Sender<()>>,
     ) -> Result<Vec<Result<String, DeliveryError>>> {
         let now = self.now();
         let t0 = std::time::Instant::now();
         let mut tx = self.db.begin_group_commit().await?;
         let t_begin = t0.elapsed();
 
-        // The chain's head and the last full-text key, in one round trip.
+        // The chain's head, the last full-text key and, for a batch of
+        // common size, the recipients and the Message-IDs its messages
+        // name, in one round trip: each costs one under the write lock.
+        let first = FirstRead::of(batch);
+        let dialect = self.db.dialect;
         let (head, row) =
-            crate::audit::read_head(&mut tx, ", (SELECT MAX(seq) FROM messages)").await?;
+            crate::audit::read_head_with(&mut tx, &first.columns(dialect), &first.binds()).await?;
         let max_seq: Option<i64> = row.try_get(4)?;
         let mut st = Batch {
             seq: max_seq.unwrap_or(0),
             ..Batch::default()
         };
+        first.apply(&row, &mut st)?;
         self.prefetch(&mut tx, &mut st, batch).await?;
         let t_pre = t0.elapsed();
         let mut results = Vec::with_capacity(batch.len());
@@ -406,6 +549,13 @@ impl Service {
             .collect();
         st.flush(&mut tx, now, Some(head)).await?;
         let t_flush = t0.elapsed();
+        // On SQLite the next batch could only wait at the write gate, and
+        // would leave with fewer messages: it starts after this commit.
+        if self.db.dialect == Dialect::Postgres
+            && let Some(committing) = committing
+        {
+            let _ = committing.send(());
+        }
         tx.commit().await?;
         for key in &refusing {
             self.accepted_rcpts.forget(key);
@@ -508,6 +658,8 @@ impl Service {
             .collect();
         keys.sort_unstable();
         keys.dedup();
+        // Read with the head already (`FirstRead`), or here.
+        let keys: &[String] = if st.agents_read { &[] } else { &keys };
         for chunk in keys.chunks(PREFETCH_CHUNK) {
             let sql = format!(
                 "SELECT a.address_key, a.id, a.address, a.status, {AGENT_POLICY_SETTINGS} AS settings, COALESCE(u.bytes, 0) AS used \
@@ -577,7 +729,10 @@ impl Service {
         // those Message-IDs, then their entries in these agents' mailboxes.
         // (As one join, PostgreSQL chose to scan a mailbox that holds most
         // of the table, a cost growing with every message stored.)
-        let mut stored: HashMap<String, String> = HashMap::new(); // id -> Message-ID
+        let (mut stored, headers) = match st.stored_headers.take() {
+            Some(stored) => (stored, vec![]),
+            None => (HashMap::new(), headers),
+        }; // id -> Message-ID
         for chunk in headers.chunks(PREFETCH_CHUNK) {
             let sql = format!(
                 "SELECT id, message_id_header FROM messages WHERE message_id_header IN ({})",
@@ -1184,6 +1339,10 @@ struct Batch {
     /// (agent, Message-ID) as (received_at, thread); the newest thread per
     /// (agent, subject key, participants key) as (created_at, id); stored
     /// participant lists of those threads.
+    /// Set by `FirstRead`: every recipient is in `agents`, and these are
+    /// the stored messages (id → Message-ID) the batch's Message-IDs name.
+    agents_read: bool,
+    stored_headers: Option<HashMap<String, String>>,
     headers_prefetched: bool,
     subjects_prefetched: bool,
     stored_by_header: HashMap<(String, String), (i64, String)>,
