@@ -337,14 +337,20 @@ struct FirstRead {
     headers: Vec<String>,
 }
 
+/// Every recipient's address key in `batch`, sorted, once each.
+fn recipient_keys(batch: &[Prepared]) -> Vec<String> {
+    let mut keys: Vec<String> = batch
+        .iter()
+        .flat_map(|p| p.rcpt_keys.iter().flatten().cloned())
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
 impl FirstRead {
     fn of(batch: &[Prepared]) -> Self {
-        let mut keys: Vec<String> = batch
-            .iter()
-            .flat_map(|p| p.rcpt_keys.iter().flatten().cloned())
-            .collect();
-        keys.sort_unstable();
-        keys.dedup();
+        let keys = recipient_keys(batch);
         let mut headers: Vec<String> = batch
             .iter()
             .flat_map(|p| {
@@ -652,12 +658,7 @@ impl Service {
     /// consults these (after what the batch itself filed, which is newer).
     async fn prefetch(&self, tx: &mut Tx, st: &mut Batch, batch: &[Prepared]) -> Result<()> {
         let dialect = Dialect::of(tx);
-        let mut keys: Vec<String> = batch
-            .iter()
-            .flat_map(|p| p.rcpt_keys.iter().flatten().cloned())
-            .collect();
-        keys.sort_unstable();
-        keys.dedup();
+        let keys = recipient_keys(batch);
         // Read with the head already (`FirstRead`), or here.
         let keys: &[String] = if st.agents_read { &[] } else { &keys };
         for chunk in keys.chunks(PREFETCH_CHUNK) {
