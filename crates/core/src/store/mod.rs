@@ -501,12 +501,12 @@ impl Db {
         // sqlx takes an advisory lock, so several nodes starting at once
         // migrate exactly once.
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        // One connection per group committer (inbound mail, sends). From
-        // the shared pool a commit met a connection that had not prepared
-        // its statement yet about every other time: each costs a parse and
-        // five custom plans per connection, times the batch sizes.
-        // Three: a send commit, and two batches of inbound mail, one
-        // committing and the next waiting for the lock (ingest.rs).
+        // The group commits' own connections: from the shared pool a commit
+        // met a connection that had not prepared its statement yet about
+        // every other time (a parse, and five custom plans per connection,
+        // times the batch sizes). Three: a send commit, and two batches of
+        // inbound mail, one committing and the next waiting for the lock
+        // (ingest.rs).
         let group_writer = postgres_pool(url, 3).await?;
         Ok(Db {
             pool,
@@ -525,30 +525,24 @@ impl Db {
     /// row-locks the audit head, serialising the audit chain and event ids
     /// across every node; it rides in the `BEGIN`'s simple query.
     pub async fn begin_write(&self) -> Result<Tx> {
-        self.begin_locked(
-            "BEGIN; UPDATE audit_head SET last_id = last_id WHERE id = 1",
-            self.writer(),
-        )
-        .await
+        self.begin_locked(self.writer()).await
     }
 
     /// [`Db::begin_write`] for a group commit (inbound mail, sends): on
     /// PostgreSQL on the group committers' own connections, whose prepared
     /// statements stay warm.
     pub async fn begin_group_commit(&self) -> Result<Tx> {
-        self.begin_locked(
-            "BEGIN; UPDATE audit_head SET last_id = last_id WHERE id = 1",
-            self.group_writer.as_ref().unwrap_or(self.writer()),
-        )
-        .await
+        self.begin_locked(self.group_writer.as_ref().unwrap_or(self.writer()))
+            .await
     }
 
-    /// `postgres_begin` is one simple query: `BEGIN` and what follows it.
-    async fn begin_locked(&self, postgres_begin: &'static str, on: &AnyPool) -> Result<Tx> {
+    /// [`Db::begin_write`] on connections of `on`.
+    async fn begin_locked(&self, on: &AnyPool) -> Result<Tx> {
         let gate = self.write_gate().await;
         let begin = match self.dialect {
             Dialect::Sqlite => "BEGIN IMMEDIATE",
-            Dialect::Postgres => postgres_begin,
+            // One simple query: BEGIN and the lock.
+            Dialect::Postgres => "BEGIN; UPDATE audit_head SET last_id = last_id WHERE id = 1",
         };
         let inner = on.begin_with(begin).await?;
         Ok(Tx { inner, _gate: gate })

@@ -463,7 +463,8 @@ impl Service {
         let Ok(addr) = AgentAddress::parse(rcpt, "rcpt") else {
             return Ok(RecipientCheck::Unknown);
         };
-        if self.accepted_rcpts.fresh(&addr.key()) {
+        let key = addr.key();
+        if self.accepted_rcpts.fresh(&key) {
             return Ok(RecipientCheck::Accept);
         }
         let sql = format!(
@@ -471,13 +472,13 @@ impl Service {
              LEFT JOIN mailbox_usage u ON u.agent_id = a.id WHERE a.address_key = $1 AND a.status <> 'decommissioned'"
         );
         let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(addr.key())
+            .bind(key.as_str())
             .fetch_optional(&self.db.pool)
             .await?;
         let Some(row) = row else {
             let tomb: Option<(i64,)> =
                 sqlx::query_as("SELECT until_at FROM tombstones WHERE address_key = $1")
-                    .bind(addr.key())
+                    .bind(key.as_str())
                     .fetch_optional(&self.db.pool)
                     .await?;
             return Ok(if tomb.is_some_and(|(until,)| until > self.now()) {
@@ -497,7 +498,7 @@ impl Service {
         Ok(if used >= policy.storage_bytes {
             RecipientCheck::MailboxFull
         } else {
-            self.accepted_rcpts.accepted(addr.key());
+            self.accepted_rcpts.accepted(key);
             RecipientCheck::Accept
         })
     }
@@ -658,9 +659,12 @@ impl Service {
     /// consults these (after what the batch itself filed, which is newer).
     async fn prefetch(&self, tx: &mut Tx, st: &mut Batch, batch: &[Prepared]) -> Result<()> {
         let dialect = Dialect::of(tx);
-        let keys = recipient_keys(batch);
         // Read with the head already (`FirstRead`), or here.
-        let keys: &[String] = if st.agents_read { &[] } else { &keys };
+        let keys = if st.agents_read {
+            vec![]
+        } else {
+            recipient_keys(batch)
+        };
         for chunk in keys.chunks(PREFETCH_CHUNK) {
             let sql = format!(
                 "SELECT a.address_key, a.id, a.address, a.status, {AGENT_POLICY_SETTINGS} AS settings, COALESCE(u.bytes, 0) AS used \
@@ -1336,14 +1340,14 @@ struct Batch {
     by_subject: HashMap<(String, String, String), String>,
     audit: Vec<NewEntry>,
     events: Vec<(&'static str, String, serde_json::Value)>,
-    /// Read by `prefetch` for the whole batch: the newest stored entry per
-    /// (agent, Message-ID) as (received_at, thread); the newest thread per
-    /// (agent, subject key, participants key) as (created_at, id); stored
-    /// participant lists of those threads.
     /// Set by `FirstRead`: every recipient is in `agents`, and these are
     /// the stored messages (id → Message-ID) the batch's Message-IDs name.
     agents_read: bool,
     stored_headers: Option<HashMap<String, String>>,
+    /// Read by `prefetch` for the whole batch: the newest stored entry per
+    /// (agent, Message-ID) as (received_at, thread); the newest thread per
+    /// (agent, subject key, participants key) as (created_at, id); stored
+    /// participant lists of those threads.
     headers_prefetched: bool,
     subjects_prefetched: bool,
     stored_by_header: HashMap<(String, String), (i64, String)>,
