@@ -32,9 +32,33 @@ fn delivery(subject: &str) -> InboundDelivery {
     }
 }
 
+/// Every mailbox row still has its agent, message and thread. PostgreSQL
+/// has no foreign keys for these (migration 0009): what keeps them is the
+/// order of the service's writes and deletes, checked here after purges.
+async fn assert_no_orphans(store_url: &str) {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(store_url).await.expect("store");
+    let (orphans,): (i64,) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM mailbox_entries e WHERE NOT EXISTS (SELECT 1 FROM agents a WHERE a.id = e.agent_id) \
+           OR NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = e.message_id) \
+           OR NOT EXISTS (SELECT 1 FROM threads t WHERE t.id = e.thread_id)) \
+         + (SELECT COUNT(*) FROM threads t WHERE NOT EXISTS (SELECT 1 FROM agents a WHERE a.id = t.agent_id)) \
+         + (SELECT COUNT(*) FROM mailbox_usage u WHERE NOT EXISTS (SELECT 1 FROM agents a WHERE a.id = u.agent_id))",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("orphan count");
+    assert_eq!(
+        orphans, 0,
+        "mailbox rows without their agent, message or thread"
+    );
+    pool.close().await;
+}
+
 async fn retention_expires_by_folder(
     location: StoreLocation,
     data_dir: Option<std::path::PathBuf>,
+    store_url: String,
 ) {
     let clock = ManualClock::new(1_767_225_600_000_000); // 2026-01-01
     let svc = Arc::new(
@@ -138,6 +162,7 @@ async fn retention_expires_by_folder(
     }
     assert!(ids(svc.clone(), "spam").await.is_empty());
     assert_eq!(ids(svc.clone(), "inbox").await, vec![inbox.clone()]);
+    assert_no_orphans(&store_url).await;
 
     clock.advance_secs(23 * DAY); // day 31: inbox (30 days) expired, archive kept
     let r = svc.sweep_retention().await.expect("sweep");
@@ -154,6 +179,7 @@ async fn retention_expires_by_folder(
     clock.advance_secs(2 * DAY);
     assert_eq!(svc.sweep_retention().await.expect("sweep").expired, 1);
     assert!(ids(svc.clone(), "trash").await.is_empty());
+    assert_no_orphans(&store_url).await;
 
     let trail = svc
         .list_agent_audit(
@@ -175,13 +201,14 @@ async fn retention_expires_by_folder(
 async fn sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    retention_expires_by_folder(StoreLocation::DataDir(data.clone()), Some(data)).await;
+    let url = format!("sqlite://{}", data.join("agentpost.db").display());
+    retention_expires_by_folder(StoreLocation::DataDir(data.clone()), Some(data), url).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres() {
     let db = PgDb::new();
-    retention_expires_by_folder(StoreLocation::Postgres(db.url()), None).await;
+    retention_expires_by_folder(StoreLocation::Postgres(db.url()), None, db.url()).await;
 }
 
 async fn dmarc_failure_is_quarantined(location: StoreLocation) {
