@@ -175,7 +175,7 @@ pub(crate) async fn read_head_with(
     );
     let mut q = sqlx::query(AssertSqlSafe(sql));
     for b in binds {
-        q = q.bind(b.to_string());
+        q = q.bind(*b);
     }
     let row = q.fetch_one(&mut **tx).await?;
     let head = Head {

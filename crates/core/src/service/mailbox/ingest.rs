@@ -348,23 +348,31 @@ fn recipient_keys(batch: &[Prepared]) -> Vec<String> {
     keys
 }
 
+/// Every Message-ID that `batch` names (its messages' own, and those they
+/// reply to or reference), sorted, once each.
+fn named_message_ids(batch: &[Prepared]) -> Vec<String> {
+    let mut headers: Vec<String> = batch
+        .iter()
+        .flat_map(|p| {
+            let pm = &p.parsed;
+            pm.references
+                .iter()
+                .chain(&pm.in_reply_to)
+                .chain(&pm.message_id)
+                .cloned()
+        })
+        .collect();
+    headers.sort_unstable();
+    headers.dedup();
+    headers
+}
+
 impl FirstRead {
     fn of(batch: &[Prepared]) -> Self {
-        let keys = recipient_keys(batch);
-        let mut headers: Vec<String> = batch
-            .iter()
-            .flat_map(|p| {
-                let pm = &p.parsed;
-                pm.references
-                    .iter()
-                    .chain(&pm.in_reply_to)
-                    .chain(&pm.message_id)
-                    .cloned()
-            })
-            .collect();
-        headers.sort_unstable();
-        headers.dedup();
-        FirstRead { keys, headers }
+        FirstRead {
+            keys: recipient_keys(batch),
+            headers: named_message_ids(batch),
+        }
     }
 
     fn rides(&self) -> bool {
@@ -424,20 +432,7 @@ impl FirstRead {
                 crate::error::Error::Internal(format!("a batch's first read did not parse: {e}"))
             })
         }
-        type AgentRow = (String, String, String, String, Option<String>, i64);
-        for (key, id, address, status, settings, used) in rows::<AgentRow>(row.try_get(5)?)? {
-            let policy = PolicySettings::resolved(settings);
-            st.agents.entry(key).or_insert(Some(BatchAgent {
-                id,
-                address,
-                status,
-                quota: policy.storage_bytes,
-                used,
-            }));
-        }
-        for k in &self.keys {
-            st.agents.entry(k.clone()).or_insert(None);
-        }
+        st.note_agents(rows::<AgentRow>(row.try_get(5)?)?, &self.keys);
         st.agents_read = true;
         st.stored_headers = Some(
             rows::<(String, String)>(row.try_get(6)?)?
@@ -672,24 +667,12 @@ impl Service {
                  WHERE a.address_key IN ({}) AND a.status <> 'decommissioned'",
                 list_marks(dialect, 1, chunk.len())
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
+            let mut q = sqlx::query_as::<_, AgentRow>(AssertSqlSafe(sql));
             for k in chunk {
-                q = q.bind(k.clone());
+                q = q.bind(k.as_str());
             }
-            for row in q.fetch_all(&mut **tx).await? {
-                let key: String = row.try_get("address_key")?;
-                let policy = PolicySettings::resolved(row.try_get("settings")?);
-                st.agents.entry(key).or_insert(Some(BatchAgent {
-                    id: row.try_get("id")?,
-                    address: row.try_get("address")?,
-                    status: row.try_get("status")?,
-                    quota: policy.storage_bytes,
-                    used: row.try_get("used")?,
-                }));
-            }
-            for k in chunk {
-                st.agents.entry(k.clone()).or_insert(None);
-            }
+            let rows = q.fetch_all(&mut **tx).await?;
+            st.note_agents(rows, chunk);
         }
         let mut agents: Vec<String> = st
             .agents
@@ -703,19 +686,11 @@ impl Service {
         if agents.is_empty() || agents.len() > PREFETCH_CHUNK {
             return Ok(()); // nothing to file, or filing reads per message
         }
-        let mut headers: Vec<&str> = vec![];
         // (agent, subject key, participants key) of every filing that may
         // join a thread by subject.
         let mut subject_keys: Vec<(String, String, String)> = vec![];
         for p in batch {
             let pm = &p.parsed;
-            headers.extend(
-                pm.references
-                    .iter()
-                    .chain(&pm.in_reply_to)
-                    .map(String::as_str),
-            );
-            headers.extend(pm.message_id.as_deref());
             if pm.subject_key.is_empty() {
                 continue;
             }
@@ -726,8 +701,6 @@ impl Service {
                 }
             }
         }
-        headers.sort_unstable();
-        headers.dedup();
         subject_keys.sort_unstable();
         subject_keys.dedup();
         // Two lookups, each on an index of its own: the stored messages with
@@ -736,7 +709,7 @@ impl Service {
         // of the table, a cost growing with every message stored.)
         let (mut stored, headers) = match st.stored_headers.take() {
             Some(stored) => (stored, vec![]),
-            None => (HashMap::new(), headers),
+            None => (HashMap::new(), named_message_ids(batch)),
         }; // id -> Message-ID
         for chunk in headers.chunks(PREFETCH_CHUNK) {
             let sql = format!(
@@ -745,7 +718,7 @@ impl Service {
             );
             let mut q = sqlx::query_as::<_, (String, String)>(AssertSqlSafe(sql));
             for h in chunk {
-                q = q.bind(h.to_string());
+                q = q.bind(h.as_str());
             }
             stored.extend(q.fetch_all(&mut **tx).await?);
         }
@@ -1264,6 +1237,10 @@ impl Service {
     }
 }
 
+/// A recipient's agent as the batch reads it: address key, id, address,
+/// status, policy settings, bytes used.
+type AgentRow = (String, String, String, String, Option<String>, i64);
+
 /// A recipient as the batch sees it: usage includes what the batch filed.
 #[derive(Clone)]
 struct BatchAgent {
@@ -1356,6 +1333,24 @@ struct Batch {
 }
 
 impl Batch {
+    /// Notes the agents read for recipients `keys`; a key without a row
+    /// has no live agent.
+    fn note_agents(&mut self, rows: Vec<AgentRow>, keys: &[String]) {
+        for (key, id, address, status, settings, used) in rows {
+            let policy = PolicySettings::resolved(settings);
+            self.agents.entry(key).or_insert(Some(BatchAgent {
+                id,
+                address,
+                status,
+                quota: policy.storage_bytes,
+                used,
+            }));
+        }
+        for k in keys {
+            self.agents.entry(k.clone()).or_insert(None);
+        }
+    }
+
     /// Writes everything the batch filed, in the order the single-message
     /// path would have: threads, messages and their search rows, mailbox
     /// entries, usage, then the audit entries and events, continuing the
