@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Backend, Server, Store};
+use common::{Backend, Server, Store, all_messages, smtp_addr, smtp_send};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,6 +51,67 @@ async fn two_servers_on_one_postgres() {
     let (_, list) = a.get("/v1/agents?limit=200", &key).await;
     assert_eq!(list["data"].as_array().unwrap().len(), 25);
     // The audit chain stayed linear across both writers.
+    let (_, v) = b.get("/v1/audit/verify", &key).await;
+    assert_eq!(v["ok"], true, "{v}");
+}
+
+/// Both servers file inbound mail into one mailbox at once, each with its
+/// own group committer. A batch reads the audit head, the last full-text key
+/// and the mailbox's usage under the organisation's write lock: a read that
+/// saw the database as it was before the lock (the other server's last
+/// batch not yet visible) would reuse an audit id, an event id or a
+/// full-text key and fail the batch, or count the mailbox's bytes wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_file_mail_into_one_mailbox() {
+    let store = Store::new(Backend::Postgres);
+    let key = store.init(&[])["admin_key"].as_str().unwrap().to_string();
+    let (a, b) = (Server::start(&store), Server::start(&store));
+    let (agent, _) = a.agent(&key, "shared").await;
+    let (smtp_a, smtp_b) = (smtp_addr(&a), smtp_addr(&b));
+    const SENDERS: usize = 8;
+    const EACH: usize = 12;
+    let mut tasks = vec![];
+    for sender in 0..SENDERS {
+        let addr = if sender % 2 == 0 {
+            smtp_a.clone()
+        } else {
+            smtp_b.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            for n in 0..EACH {
+                let msg = format!(
+                    "From: s{sender}@example.org\r\nTo: shared@agents.localhost\r\n\
+                     Subject: batch {sender}-{n}\r\nMessage-ID: <{sender}.{n}@example.org>\r\n\r\nhello {n}\r\n"
+                );
+                let r = smtp_send(&addr, "s@example.org", &["shared@agents.localhost"], msg.as_bytes())
+                    .await
+                    .unwrap();
+                assert!(r.starts_with("250"), "sender {sender}, message {n}: {r}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let messages = all_messages(&a, &key, &agent, None).await;
+    assert_eq!(messages.len(), SENDERS * EACH);
+    for server in [&a, &b] {
+        assert!(
+            !server.log_text().contains("group commit failed"),
+            "a batch failed and was retried message by message"
+        );
+    }
+    let received = store.sql("SELECT COUNT(*) FROM events WHERE type = 'message.received'");
+    assert_eq!(received, (SENDERS * EACH).to_string());
+    assert_eq!(
+        store.sql("SELECT COUNT(DISTINCT seq) FROM messages"),
+        (SENDERS * EACH).to_string()
+    );
+    // No batch wrote the mailbox's usage from a stale read.
+    assert_eq!(
+        store.sql("SELECT bytes FROM mailbox_usage"),
+        store.sql("SELECT SUM(size_bytes) FROM mailbox_entries")
+    );
     let (_, v) = b.get("/v1/audit/verify", &key).await;
     assert_eq!(v["ok"], true, "{v}");
 }

@@ -308,20 +308,31 @@ pub(crate) enum WorkQueue {
     Webhooks,
 }
 
-/// A PostgreSQL pool of up to `connections`, each planning every
-/// execution with its values (see the comment inside).
-async fn postgres_pool(url: &str, connections: u32) -> Result<AnyPool> {
+/// What a PostgreSQL pool serves, which sets up its connections.
+#[derive(Clone, Copy)]
+enum PoolRole {
+    /// Requests. Mailboxes differ by orders of magnitude (a busy agent
+    /// holds 50,000 entries, most a hundred): a generic plan cached for one
+    /// is wrong for the other, so every execution is planned with its values.
+    Requests,
+    /// The group commits. Their statements are inserts of values and
+    /// lookups by key, whose plan no value changes, so PostgreSQL's default
+    /// applies (after five executions a statement keeps a generic plan
+    /// unless it costs more): planned afresh, the commit's one large write
+    /// statement cost planning time under the write lock at every commit.
+    GroupCommits,
+}
+
+async fn postgres_pool(url: &str, connections: u32, role: PoolRole) -> Result<AnyPool> {
     AnyPoolOptions::new()
         .max_connections(connections)
         .acquire_timeout(Duration::from_secs(30))
-        .after_connect(|conn, _meta| {
+        .after_connect(move |conn, _meta| {
             Box::pin(async move {
-                // Mailboxes differ by orders of magnitude (a busy agent
-                // holds 50,000 entries, most a hundred): a generic plan
-                // cached for one is wrong for the other, so plan each
-                // execution with its values.
-                conn.execute("SET plan_cache_mode = force_custom_plan")
-                    .await?;
+                if let PoolRole::Requests = role {
+                    conn.execute("SET plan_cache_mode = force_custom_plan")
+                        .await?;
+                }
                 Ok(())
             })
         })
@@ -497,7 +508,7 @@ impl Db {
     }
 
     async fn open_postgres(url: &str) -> Result<Self> {
-        let pool = postgres_pool(url, 16).await?;
+        let pool = postgres_pool(url, 16, PoolRole::Requests).await?;
         // sqlx takes an advisory lock, so several nodes starting at once
         // migrate exactly once.
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
@@ -507,7 +518,7 @@ impl Db {
         // times the batch sizes). Three: a send commit, and two batches of
         // inbound mail, one committing and the next waiting for the lock
         // (ingest.rs).
-        let group_writer = postgres_pool(url, 3).await?;
+        let group_writer = postgres_pool(url, 3, PoolRole::GroupCommits).await?;
         Ok(Db {
             pool,
             writer: None,
