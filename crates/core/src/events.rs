@@ -47,15 +47,16 @@ pub(crate) async fn emit(
 /// after the statements `batch` already holds, in two queries (see
 /// [`WriteBatch`]): the same chain, ids, rows and webhook deliveries as
 /// calling [`crate::audit::append`] and [`emit`] for each, continuing from
-/// `head` (from [`crate::audit::read_head`] inside `tx`). Group commits of
-/// inbound mail and of sends end here.
+/// `head` (from [`crate::audit::read_head`] inside `tx`). Each event's data
+/// is its JSON, serialised by the caller. Group commits of inbound mail and
+/// of sends end here.
 pub(crate) async fn record(
     tx: &mut Tx,
     mut batch: WriteBatch,
     mut head: Head,
     at: i64,
     entries: &[NewEntry],
-    events: &[(&str, Option<&str>, &Value)],
+    mut events: Vec<(&str, Option<&str>, String)>,
 ) -> Result<()> {
     crate::audit::push_entries(&mut batch, &mut head, at, entries);
     // On SQLite the events and the head go as a second query: its
@@ -69,7 +70,7 @@ pub(crate) async fn record(
         batch = WriteBatch::new(dialect);
     }
     let first = head.last_event_id + 1;
-    for chunk in events.chunks(100) {
+    for chunk in events.chunks_mut(100) {
         let sql = format!(
             "INSERT INTO events (id, type, at, agent_id, data) VALUES {}",
             crate::store::value_groups(dialect, chunk.len(), 5, crate::store::parenthesised)
@@ -82,7 +83,7 @@ pub(crate) async fn record(
                 .bind(kind.to_string())
                 .bind(at)
                 .bind(agent_id.map(str::to_string))
-                .bind(data.to_string());
+                .bind(std::mem::take(data));
         }
     }
     if !entries.is_empty() || !events.is_empty() {

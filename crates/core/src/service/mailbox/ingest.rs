@@ -146,6 +146,8 @@ struct Prepared {
     rcpt_keys: Vec<Option<String>>,
     participants: Vec<String>,
     filing: Filing,
+    /// Its columns, serialised before the queue.
+    fields: MessageFields,
 }
 
 /// What a filed message is.
@@ -210,6 +212,7 @@ impl Ingest {
             return Err(DeliveryError::Rejected("no recipients".into()));
         }
         let parse_inline = delivery.raw.len() <= INLINE_PARSE_BYTES;
+        let dialect = self.svc.db.dialect;
         let analyse = move || {
             let parsed = parse::parse(&delivery.raw);
             let rcpt_keys = delivery
@@ -218,12 +221,14 @@ impl Ingest {
                 .map(|r| AgentAddress::parse(r, "rcpt").ok().map(|a| a.key()))
                 .collect();
             let participants = parsed.participants();
-            (delivery, parsed, rcpt_keys, participants)
+            let size = delivery.raw.len() as i64;
+            let fields = MessageFields::of(&delivery.rcpt_to, &parsed, size, dialect, true);
+            (delivery, parsed, rcpt_keys, participants, fields)
         };
         // Parsing a 50 MB message is CPU work: keep it off the reactor. Most
         // mail is small; a hand-off per message only grew a pool of blocking
         // threads under load (BENCHMARKS.md, session 9).
-        let (delivery, parsed, rcpt_keys, participants) = if parse_inline {
+        let (delivery, parsed, rcpt_keys, participants, fields) = if parse_inline {
             analyse()
         } else {
             tokio::task::spawn_blocking(analyse)
@@ -253,6 +258,7 @@ impl Ingest {
                 rcpt_keys,
                 participants,
                 filing: Filing::Inbound,
+                fields,
             },
             reply,
         };
@@ -600,6 +606,13 @@ impl Service {
                     .ok()
                     .map(|a| a.key());
                 let participants = c.parsed.participants();
+                let fields = MessageFields::of(
+                    &c.recipients,
+                    &c.parsed,
+                    c.raw.len() as i64,
+                    Dialect::of(tx),
+                    false,
+                );
                 Prepared {
                     delivery: InboundDelivery {
                         client_ip: String::new(),
@@ -620,6 +633,7 @@ impl Service {
                     rcpt_keys: vec![key],
                     participants,
                     filing: Filing::SentCopy,
+                    fields,
                 }
             })
             .collect();
@@ -873,9 +887,9 @@ impl Service {
             id.clone(),
             seq,
             p.blob_hash.clone(),
-            size,
             &envelope,
             pm,
+            p.fields.clone(),
             &rcpts
                 .iter()
                 .map(|r| r.agent_id.as_str())
@@ -947,20 +961,10 @@ impl Service {
                     "folder": folder,
                 }),
             });
-            let event = json!({
-                "agent_id": r.agent_id,
-                "address": r.address,
-                "message_id": id,
-                "thread_id": thread_id,
-                "folder": folder,
-                "from": pm.from.first().and_then(|a| a.address.clone()),
-                "subject": pm.subject,
-                "snippet": pm.snippet,
-                // The model-safe view, never the raw message (a link to it instead).
-                "safe": { "text": pm.safe_text, "risk": pm.risk, "findings": pm.finding_kinds },
-                "size_bytes": size,
-                "raw_path": format!("/v1/agents/{}/messages/{id}?view=raw", r.agent_id),
-            });
+            let Some(message) = &p.fields.event else {
+                continue;
+            };
+            let event = event_data(message, &r.agent_id, &r.address, &id, &thread_id, folder);
             // Mail filed straight to spam is reported as quarantined.
             let kind = if spam {
                 "message.quarantined"
@@ -1147,46 +1151,28 @@ fn message_row(
     id: String,
     seq: i64,
     blob_hash: String,
-    size: i64,
     d: &Envelope<'_>,
     pm: &Parsed,
+    fields: MessageFields,
     agents: &[&str],
 ) -> MessageRow {
-    let to_json =
-        |v: &Vec<parse::EmailAddress>| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
-    let mut to_all = pm.to.clone();
-    to_all.extend(pm.cc.iter().cloned());
     MessageRow {
         id,
         seq,
         blob_hash,
-        size,
+        size: fields.size,
         client_ip: d.client_ip.map(str::to_string),
         helo: d.helo.map(str::to_string),
         mail_from: d.mail_from.to_string(),
-        rcpt_to: json!(d.rcpt_to).to_string(),
         tls: d.tls as i64,
         auth_results: d.auth_results.map(str::to_string),
         message_id: pm.message_id.clone(),
-        in_reply_to: json!(pm.in_reply_to).to_string(),
-        refs: json!(pm.references).to_string(),
         subject: pm.subject.clone(),
-        from_json: to_json(&pm.from),
-        to_json: to_json(&pm.to),
-        cc_json: to_json(&pm.cc),
-        reply_to_json: to_json(&pm.reply_to),
         date_at: pm.date_at,
         snippet: pm.snippet.clone(),
-        attachments: serde_json::to_string(&pm.attachments).unwrap_or_else(|_| "[]".into()),
-        from_key: search_key(&pm.from),
-        to_key: search_key(&to_all),
-        search_words: search_words(&pm.from, &to_all),
         search_body: pm.search_body.clone(),
-        search_agents: agents
-            .iter()
-            .map(|a| search_token(a))
-            .collect::<Vec<_>>()
-            .join(" "),
+        fields,
+        search_agents: agents.iter().map(|a| search_token(a)).collect(),
     }
 }
 
@@ -1211,13 +1197,14 @@ impl Service {
         now: i64,
     ) -> Result<String> {
         let mut st = Batch::default();
+        let fields = MessageFields::of(envelope.rcpt_to, pm, size, Dialect::of(tx), false);
         st.messages.push(message_row(
             message_id.to_string(),
             seq,
             blob_hash.to_string(),
-            size,
             envelope,
             pm,
+            fields,
             &[agent_id],
         ));
         let thread_id = self
@@ -1259,26 +1246,136 @@ struct MessageRow {
     client_ip: Option<String>,
     helo: Option<String>,
     mail_from: String,
-    rcpt_to: String,
     tls: i64,
     auth_results: Option<String>,
     message_id: Option<String>,
+    subject: Option<String>,
+    date_at: Option<i64>,
+    snippet: Option<String>,
+    search_body: String,
+    fields: MessageFields,
+    /// `search_token` of every agent the message is filed for.
+    search_agents: Vec<String>,
+}
+
+/// A message's columns that do not depend on where it is filed, serialised
+/// once. Inbound mail has them worked out before the queue, by its own
+/// session, so the one committer task (on PostgreSQL inside the write
+/// lock) only copies them: serialising them there was about a tenth of
+/// the server's CPU at 20 connections (BENCHMARKS.md, session 17).
+#[derive(Clone)]
+struct MessageFields {
+    size: i64,
+    rcpt_to: String,
     in_reply_to: String,
     refs: String,
-    subject: Option<String>,
     from_json: String,
     to_json: String,
     cc_json: String,
     reply_to_json: String,
-    date_at: Option<i64>,
-    snippet: Option<String>,
     attachments: String,
     from_key: String,
     to_key: String,
     search_words: String,
-    search_body: String,
-    /// `search_token` of every agent the message is filed for.
-    search_agents: String,
+    /// PostgreSQL: the message's own lexemes as a `tsvector` literal; the
+    /// agents' tokens are added when it is filed.
+    search_tsv: Option<String>,
+    /// Inbound mail: the `message.received` event's members that come from
+    /// the message (see [`MessageEvent`]).
+    event: Option<MessageEvent>,
+}
+
+/// The members of a `message.received` (or `message.quarantined`) event
+/// that come from the message, serialised, in the order `serde_json`
+/// writes an object's keys (sorted): `from` goes between `folder` and
+/// `message_id`, the rest between `raw_path` and `thread_id`.
+#[derive(Clone)]
+struct MessageEvent {
+    from: String,
+    rest: String,
+}
+
+impl MessageFields {
+    fn of(rcpt_to: &[String], pm: &Parsed, size: i64, dialect: Dialect, inbound: bool) -> Self {
+        let to_json =
+            |v: &Vec<parse::EmailAddress>| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
+        let mut to_all = pm.to.clone();
+        to_all.extend(pm.cc.iter().cloned());
+        let search_words = search_words(&pm.from, &to_all);
+        let search_tsv = (dialect == Dialect::Postgres).then(|| {
+            tsvector_literal(
+                [
+                    pm.subject.as_deref().unwrap_or_default(),
+                    &search_words,
+                    &pm.search_body,
+                ]
+                .into_iter()
+                .flat_map(search_terms),
+            )
+        });
+        let event = inbound.then(|| MessageEvent {
+            from: object_members(&json!({
+                "from": pm.from.first().and_then(|a| a.address.clone()),
+            })),
+            rest: object_members(&json!({
+                // The model-safe view, never the raw message (a link to it instead).
+                "safe": { "text": pm.safe_text, "risk": pm.risk, "findings": pm.finding_kinds },
+                "size_bytes": size,
+                "snippet": pm.snippet,
+                "subject": pm.subject,
+            })),
+        });
+        MessageFields {
+            size,
+            rcpt_to: json!(rcpt_to).to_string(),
+            in_reply_to: json!(pm.in_reply_to).to_string(),
+            refs: json!(pm.references).to_string(),
+            from_json: to_json(&pm.from),
+            to_json: to_json(&pm.to),
+            cc_json: to_json(&pm.cc),
+            reply_to_json: to_json(&pm.reply_to),
+            attachments: serde_json::to_string(&pm.attachments).unwrap_or_else(|_| "[]".into()),
+            from_key: search_key(&pm.from),
+            to_key: search_key(&to_all),
+            search_words,
+            search_tsv,
+            event,
+        }
+    }
+}
+
+/// An object's members without its braces, to splice into another object.
+fn object_members(object: &serde_json::Value) -> String {
+    let s = object.to_string();
+    s.get(1..s.len().saturating_sub(1))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A `message.received` event's data: the filing's members around the
+/// message's own (`MessageEvent`), as `serde_json` would write the whole.
+fn event_data(
+    message: &MessageEvent,
+    agent_id: &str,
+    address: &str,
+    message_id: &str,
+    thread_id: &str,
+    folder: &str,
+) -> String {
+    let text = |v: &str| serde_json::Value::from(v).to_string();
+    format!(
+        "{{\"address\":{},\"agent_id\":{},\"folder\":{},{},\"message_id\":{},\"raw_path\":{},{},\"thread_id\":{}}}",
+        text(address),
+        text(agent_id),
+        text(folder),
+        message.from,
+        text(message_id),
+        text(&format!(
+            "/v1/agents/{agent_id}/messages/{message_id}?view=raw"
+        )),
+        message.rest,
+        text(thread_id),
+    )
 }
 
 struct NewThread {
@@ -1316,7 +1413,8 @@ struct Batch {
     by_message_id: HashMap<(String, String), (u64, String)>,
     by_subject: HashMap<(String, String, String), String>,
     audit: Vec<NewEntry>,
-    events: Vec<(&'static str, String, serde_json::Value)>,
+    /// (kind, agent, data as JSON)
+    events: Vec<(&'static str, String, String)>,
     /// Set by `FirstRead`: every recipient is in `agents`, and these are
     /// the stored messages (id → Message-ID) the batch's Message-IDs name.
     agents_read: bool,
@@ -1357,7 +1455,7 @@ impl Batch {
     /// chain from `head` (read with the batch's first statement): on
     /// SQLite two round trips in all (see [`WriteBatch`] and
     /// [`crate::events::record`]).
-    async fn flush(self, tx: &mut Tx, now: i64, head: Option<Head>) -> Result<()> {
+    async fn flush(mut self, tx: &mut Tx, now: i64, head: Option<Head>) -> Result<()> {
         let mut batch = WriteBatch::new(Dialect::of(tx));
         self.push_threads(&mut batch);
         self.push_blobs(&mut batch);
@@ -1369,12 +1467,12 @@ impl Batch {
             Some(head) => head,
             None => crate::audit::read_head(tx, "").await?.0,
         };
-        let events: Vec<(&str, Option<&str>, &serde_json::Value)> = self
+        let events: Vec<(&str, Option<&str>, String)> = self
             .events
-            .iter()
-            .map(|(kind, agent, data)| (*kind, Some(agent.as_str()), data))
+            .iter_mut()
+            .map(|(kind, agent, data)| (*kind, Some(agent.as_str()), std::mem::take(data)))
             .collect();
-        crate::events::record(tx, batch, head, now, &self.audit, &events).await
+        crate::events::record(tx, batch, head, now, &self.audit, events).await
     }
 
     /// The batch's small raw messages, a few multi-row inserts instead of
@@ -1456,22 +1554,22 @@ impl Batch {
                     .bind(m.client_ip.clone())
                     .bind(m.helo.clone())
                     .bind(m.mail_from.clone())
-                    .bind(m.rcpt_to.clone())
+                    .bind(m.fields.rcpt_to.clone())
                     .bind(m.tls)
                     .bind(m.auth_results.clone())
                     .bind(m.message_id.clone())
-                    .bind(m.in_reply_to.clone())
-                    .bind(m.refs.clone())
+                    .bind(m.fields.in_reply_to.clone())
+                    .bind(m.fields.refs.clone())
                     .bind(m.subject.clone())
-                    .bind(m.from_json.clone())
-                    .bind(m.to_json.clone())
-                    .bind(m.cc_json.clone())
-                    .bind(m.reply_to_json.clone())
+                    .bind(m.fields.from_json.clone())
+                    .bind(m.fields.to_json.clone())
+                    .bind(m.fields.cc_json.clone())
+                    .bind(m.fields.reply_to_json.clone())
                     .bind(m.date_at)
                     .bind(m.snippet.clone())
-                    .bind(m.attachments.clone())
-                    .bind(m.from_key.clone())
-                    .bind(m.to_key.clone());
+                    .bind(m.fields.attachments.clone())
+                    .bind(m.fields.from_key.clone())
+                    .bind(m.fields.to_key.clone());
             }
             push_search_rows(batch, chunk);
         }
@@ -1501,15 +1599,15 @@ impl Batch {
                     .bind(*size)
                     .bind(m.seq)
                     .bind(m.subject.clone())
-                    .bind(m.from_json.clone())
-                    .bind(m.to_json.clone())
-                    .bind(m.cc_json.clone())
+                    .bind(m.fields.from_json.clone())
+                    .bind(m.fields.to_json.clone())
+                    .bind(m.fields.cc_json.clone())
                     .bind(m.snippet.clone())
                     .bind(m.date_at)
-                    .bind(i64::from(m.attachments.len() > 2))
+                    .bind(i64::from(m.fields.attachments.len() > 2))
                     .bind(m.message_id.clone())
-                    .bind(m.from_key.clone())
-                    .bind(m.to_key.clone());
+                    .bind(m.fields.from_key.clone())
+                    .bind(m.fields.to_key.clone());
             }
         }
         // One statement for every mailbox the batch filed into (the agents
@@ -1557,21 +1655,38 @@ fn push_search_rows(batch: &mut WriteBatch, rows: &[MessageRow]) {
             Dialect::Sqlite => batch
                 .bind(m.seq)
                 .bind(m.subject.clone())
-                .bind(m.search_words.clone())
+                .bind(m.fields.search_words.clone())
                 .bind(m.search_body.clone())
-                .bind(m.search_agents.clone()),
-            Dialect::Postgres => batch.bind(m.seq).bind(tsvector_literal(
-                [
-                    m.subject.as_deref().unwrap_or_default(),
-                    &m.search_words,
-                    &m.search_body,
-                    &m.search_agents,
-                ]
-                .into_iter()
-                .flat_map(search_terms),
-            )),
+                .bind(m.search_agents.join(" ")),
+            Dialect::Postgres => batch.bind(m.seq).bind(postgres_search_row(m)),
         };
     }
+}
+
+/// A message's `tsvector` literal: its own lexemes, worked out before the
+/// commit, and the tokens of the agents it is filed for. PostgreSQL sorts
+/// a literal's lexemes and drops repeats itself.
+fn postgres_search_row(m: &MessageRow) -> String {
+    let own = match &m.fields.search_tsv {
+        Some(own) => own.clone(),
+        None => tsvector_literal(
+            [
+                m.subject.as_deref().unwrap_or_default(),
+                &m.fields.search_words,
+                &m.search_body,
+            ]
+            .into_iter()
+            .flat_map(search_terms),
+        ),
+    };
+    let mut out = own;
+    for token in &m.search_agents {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        push_quoted_lexeme(&mut out, token);
+    }
+    out
 }
 
 /// The words of `text` as search indexes and looks them up: runs of
@@ -1591,7 +1706,9 @@ const TSVECTOR_BYTES: usize = 512 * 1024;
 
 /// A `tsvector` in PostgreSQL's input syntax: each lexeme quoted, once.
 fn tsvector_literal(terms: impl Iterator<Item = String>) -> String {
-    let terms: std::collections::BTreeSet<String> = terms.collect();
+    let mut terms: Vec<String> = terms.collect();
+    terms.sort_unstable();
+    terms.dedup();
     let mut out = String::new();
     for t in &terms {
         if out.len() + t.len() + 3 > TSVECTOR_BYTES {
@@ -1600,7 +1717,7 @@ fn tsvector_literal(terms: impl Iterator<Item = String>) -> String {
         if !out.is_empty() {
             out.push(' ');
         }
-        out.push_str(&quoted_lexeme(t));
+        push_quoted_lexeme(&mut out, t);
     }
     out
 }
@@ -1623,6 +1740,11 @@ pub(crate) fn tsquery_literal(text: &str, agent_token: &str) -> String {
 /// backslash escaped). Only letters and digits reach here; escape anyway.
 fn quoted_lexeme(term: &str) -> String {
     let mut out = String::with_capacity(term.len() + 2);
+    push_quoted_lexeme(&mut out, term);
+    out
+}
+
+fn push_quoted_lexeme(out: &mut String, term: &str) {
     out.push('\'');
     for c in term.chars() {
         match c {
@@ -1632,7 +1754,6 @@ fn quoted_lexeme(term: &str) -> String {
         }
     }
     out.push('\'');
-    out
 }
 
 /// ` a@x b@y `: lowercased addresses for the `from`/`to` filters (LIKE).
@@ -1687,6 +1808,53 @@ mod tests {
         );
         let long = "x".repeat(3000);
         assert_eq!(search_terms(&long).count(), 0);
+    }
+
+    /// The event assembled from its serialised parts is, byte for byte,
+    /// the object `serde_json` writes for the same members.
+    #[test]
+    fn message_events_are_the_json_of_their_members() {
+        let raw = "From: \"Ann \\\"Q\\\"\" <ann@example.org>\r\nTo: bot@agents.test\r\n\
+                   Subject: caf\u{e9} \"quoted\" \\ line\r\n\r\nhello <b>there</b>\r\n";
+        let pm = parse::parse(raw.as_bytes());
+        let fields = MessageFields::of(
+            &["bot@agents.test".into()],
+            &pm,
+            321,
+            Dialect::Postgres,
+            true,
+        );
+        let message = fields.event.as_ref().expect("inbound mail has an event");
+        let (agent, id, thread) = ("0190-agent", "0190-message", "0190-thread");
+        let expected = json!({
+            "agent_id": agent,
+            "address": "bot@agents.test",
+            "message_id": id,
+            "thread_id": thread,
+            "folder": "inbox",
+            "from": pm.from.first().and_then(|a| a.address.clone()),
+            "subject": pm.subject,
+            "snippet": pm.snippet,
+            "safe": { "text": pm.safe_text, "risk": pm.risk, "findings": pm.finding_kinds },
+            "size_bytes": 321,
+            "raw_path": format!("/v1/agents/{agent}/messages/{id}?view=raw"),
+        });
+        let data = event_data(message, agent, "bot@agents.test", id, thread, "inbox");
+        assert_eq!(data, expected.to_string());
+        assert_eq!(pm.subject.as_deref(), Some("caf\u{e9} \"quoted\" \\ line"));
+        // Without a From address or subject the members are still valid JSON.
+        let bare = parse::parse(b"\r\nno headers\r\n");
+        let fields = MessageFields::of(&[], &bare, 1, Dialect::Sqlite, true);
+        let data = event_data(fields.event.as_ref().unwrap(), "a", "b", "c", "d", "spam");
+        let v: serde_json::Value = serde_json::from_str(&data).unwrap();
+        assert_eq!(v["from"], serde_json::Value::Null);
+        assert_eq!(v["folder"], "spam");
+        assert!(
+            MessageFields::of(&[], &bare, 1, Dialect::Sqlite, false)
+                .event
+                .is_none()
+        );
+        assert!(fields.search_tsv.is_none());
     }
 
     #[test]

@@ -81,13 +81,13 @@ impl Batch {
             return Ok(());
         }
         let (head, _) = crate::audit::read_head(tx, "").await?;
-        let events: Vec<(&str, Option<&str>, &serde_json::Value)> = self
+        let events: Vec<(&str, Option<&str>, String)> = self
             .events
             .iter()
-            .map(|(kind, agent, data)| (*kind, agent.as_deref(), data))
+            .map(|(kind, agent, data)| (*kind, agent.as_deref(), data.to_string()))
             .collect();
         let batch = WriteBatch::new(Dialect::of(tx));
-        crate::events::record(tx, batch, head, at, &self.audit, &events).await
+        crate::events::record(tx, batch, head, at, &self.audit, events).await
     }
 }
 
