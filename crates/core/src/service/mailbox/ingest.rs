@@ -961,8 +961,13 @@ impl Service {
                     "folder": folder,
                 }),
             });
-            let Some(message) = &p.fields.event else {
-                continue;
+            let built;
+            let message = match &p.fields.event {
+                Some(message) => message,
+                None => {
+                    built = MessageEvent::of(pm, size);
+                    &built
+                }
             };
             let event = event_data(message, &r.agent_id, &r.address, &id, &thread_id, folder);
             // Mail filed straight to spam is reported as quarantined.
@@ -1313,18 +1318,7 @@ impl MessageFields {
                 .flat_map(search_terms),
             )
         });
-        let event = inbound.then(|| MessageEvent {
-            from: object_members(&json!({
-                "from": pm.from.first().and_then(|a| a.address.clone()),
-            })),
-            rest: object_members(&json!({
-                // The model-safe view, never the raw message (a link to it instead).
-                "safe": { "text": pm.safe_text, "risk": pm.risk, "findings": pm.finding_kinds },
-                "size_bytes": size,
-                "snippet": pm.snippet,
-                "subject": pm.subject,
-            })),
-        });
+        let event = inbound.then(|| MessageEvent::of(pm, size));
         MessageFields {
             size,
             rcpt_to: json!(rcpt_to).to_string(),
@@ -1340,6 +1334,23 @@ impl MessageFields {
             search_words,
             search_tsv,
             event,
+        }
+    }
+}
+
+impl MessageEvent {
+    fn of(pm: &Parsed, size: i64) -> Self {
+        MessageEvent {
+            from: object_members(&json!({
+                "from": pm.from.first().and_then(|a| a.address.clone()),
+            })),
+            rest: object_members(&json!({
+                // The model-safe view, never the raw message (a link to it instead).
+                "safe": { "text": pm.safe_text, "risk": pm.risk, "findings": pm.finding_kinds },
+                "size_bytes": size,
+                "snippet": pm.snippet,
+                "subject": pm.subject,
+            })),
         }
     }
 }
