@@ -148,6 +148,8 @@ struct Prepared {
     filing: Filing,
     /// Its columns, serialised before the queue.
     fields: MessageFields,
+    /// Inbound mail: its event's members, serialised before the queue.
+    event: Option<MessageEvent>,
 }
 
 /// What a filed message is.
@@ -222,13 +224,14 @@ impl Ingest {
                 .collect();
             let participants = parsed.participants();
             let size = delivery.raw.len() as i64;
-            let fields = MessageFields::of(&delivery.rcpt_to, &parsed, size, dialect, true);
-            (delivery, parsed, rcpt_keys, participants, fields)
+            let fields = MessageFields::of(&delivery.rcpt_to, &parsed, size, dialect);
+            let event = MessageEvent::of(&parsed, size);
+            (delivery, parsed, rcpt_keys, participants, fields, event)
         };
         // Parsing a 50 MB message is CPU work: keep it off the reactor. Most
         // mail is small; a hand-off per message only grew a pool of blocking
         // threads under load (BENCHMARKS.md, session 9).
-        let (delivery, parsed, rcpt_keys, participants, fields) = if parse_inline {
+        let (delivery, parsed, rcpt_keys, participants, fields, event) = if parse_inline {
             analyse()
         } else {
             tokio::task::spawn_blocking(analyse)
@@ -259,6 +262,7 @@ impl Ingest {
                 participants,
                 filing: Filing::Inbound,
                 fields,
+                event: Some(event),
             },
             reply,
         };
@@ -611,7 +615,6 @@ impl Service {
                     &c.parsed,
                     c.raw.len() as i64,
                     Dialect::of(tx),
-                    false,
                 );
                 Prepared {
                     delivery: InboundDelivery {
@@ -634,6 +637,7 @@ impl Service {
                     participants,
                     filing: Filing::SentCopy,
                     fields,
+                    event: None,
                 }
             })
             .collect();
@@ -962,7 +966,7 @@ impl Service {
                 }),
             });
             let built;
-            let message = match &p.fields.event {
+            let message = match &p.event {
                 Some(message) => message,
                 None => {
                     built = MessageEvent::of(pm, size);
@@ -1202,7 +1206,7 @@ impl Service {
         now: i64,
     ) -> Result<String> {
         let mut st = Batch::default();
-        let fields = MessageFields::of(envelope.rcpt_to, pm, size, Dialect::of(tx), false);
+        let fields = MessageFields::of(envelope.rcpt_to, pm, size, Dialect::of(tx));
         st.messages.push(message_row(
             message_id.to_string(),
             seq,
@@ -1285,40 +1289,26 @@ struct MessageFields {
     /// PostgreSQL: the message's own lexemes as a `tsvector` literal; the
     /// agents' tokens are added when it is filed.
     search_tsv: Option<String>,
-    /// Inbound mail: the `message.received` event's members that come from
-    /// the message (see [`MessageEvent`]).
-    event: Option<MessageEvent>,
 }
 
 /// The members of a `message.received` (or `message.quarantined`) event
 /// that come from the message, serialised, in the order `serde_json`
 /// writes an object's keys (sorted): `from` goes between `folder` and
 /// `message_id`, the rest between `raw_path` and `thread_id`.
-#[derive(Clone)]
 struct MessageEvent {
     from: String,
     rest: String,
 }
 
 impl MessageFields {
-    fn of(rcpt_to: &[String], pm: &Parsed, size: i64, dialect: Dialect, inbound: bool) -> Self {
+    fn of(rcpt_to: &[String], pm: &Parsed, size: i64, dialect: Dialect) -> Self {
         let to_json =
             |v: &Vec<parse::EmailAddress>| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
         let mut to_all = pm.to.clone();
         to_all.extend(pm.cc.iter().cloned());
         let search_words = search_words(&pm.from, &to_all);
-        let search_tsv = (dialect == Dialect::Postgres).then(|| {
-            tsvector_literal(
-                [
-                    pm.subject.as_deref().unwrap_or_default(),
-                    &search_words,
-                    &pm.search_body,
-                ]
-                .into_iter()
-                .flat_map(search_terms),
-            )
-        });
-        let event = inbound.then(|| MessageEvent::of(pm, size));
+        let search_tsv = (dialect == Dialect::Postgres)
+            .then(|| own_tsvector(pm.subject.as_deref(), &search_words, &pm.search_body));
         MessageFields {
             size,
             rcpt_to: json!(rcpt_to).to_string(),
@@ -1333,7 +1323,6 @@ impl MessageFields {
             to_key: search_key(&to_all),
             search_words,
             search_tsv,
-            event,
         }
     }
 }
@@ -1678,19 +1667,10 @@ fn push_search_rows(batch: &mut WriteBatch, rows: &[MessageRow]) {
 /// commit, and the tokens of the agents it is filed for. PostgreSQL sorts
 /// a literal's lexemes and drops repeats itself.
 fn postgres_search_row(m: &MessageRow) -> String {
-    let own = match &m.fields.search_tsv {
+    let mut out = match &m.fields.search_tsv {
         Some(own) => own.clone(),
-        None => tsvector_literal(
-            [
-                m.subject.as_deref().unwrap_or_default(),
-                &m.fields.search_words,
-                &m.search_body,
-            ]
-            .into_iter()
-            .flat_map(search_terms),
-        ),
+        None => own_tsvector(m.subject.as_deref(), &m.fields.search_words, &m.search_body),
     };
-    let mut out = own;
     for token in &m.search_agents {
         if !out.is_empty() {
             out.push(' ');
@@ -1698,6 +1678,16 @@ fn postgres_search_row(m: &MessageRow) -> String {
         push_quoted_lexeme(&mut out, token);
     }
     out
+}
+
+/// The `tsvector` literal of a message's subject, names and addresses,
+/// and body.
+fn own_tsvector(subject: Option<&str>, search_words: &str, body: &str) -> String {
+    tsvector_literal(
+        [subject.unwrap_or_default(), search_words, body]
+            .into_iter()
+            .flat_map(search_terms),
+    )
 }
 
 /// The words of `text` as search indexes and looks them up: runs of
@@ -1828,14 +1818,7 @@ mod tests {
         let raw = "From: \"Ann \\\"Q\\\"\" <ann@example.org>\r\nTo: bot@agents.test\r\n\
                    Subject: caf\u{e9} \"quoted\" \\ line\r\n\r\nhello <b>there</b>\r\n";
         let pm = parse::parse(raw.as_bytes());
-        let fields = MessageFields::of(
-            &["bot@agents.test".into()],
-            &pm,
-            321,
-            Dialect::Postgres,
-            true,
-        );
-        let message = fields.event.as_ref().expect("inbound mail has an event");
+        let message = MessageEvent::of(&pm, 321);
         let (agent, id, thread) = ("0190-agent", "0190-message", "0190-thread");
         let expected = json!({
             "agent_id": agent,
@@ -1850,22 +1833,23 @@ mod tests {
             "size_bytes": 321,
             "raw_path": format!("/v1/agents/{agent}/messages/{id}?view=raw"),
         });
-        let data = event_data(message, agent, "bot@agents.test", id, thread, "inbox");
+        let data = event_data(&message, agent, "bot@agents.test", id, thread, "inbox");
         assert_eq!(data, expected.to_string());
         assert_eq!(pm.subject.as_deref(), Some("caf\u{e9} \"quoted\" \\ line"));
         // Without a From address or subject the members are still valid JSON.
         let bare = parse::parse(b"\r\nno headers\r\n");
-        let fields = MessageFields::of(&[], &bare, 1, Dialect::Sqlite, true);
-        let data = event_data(fields.event.as_ref().unwrap(), "a", "b", "c", "d", "spam");
+        let data = event_data(&MessageEvent::of(&bare, 1), "a", "b", "c", "d", "spam");
         let v: serde_json::Value = serde_json::from_str(&data).unwrap();
         assert_eq!(v["from"], serde_json::Value::Null);
         assert_eq!(v["folder"], "spam");
+        // SQLite tokenises the text itself: no literal is built for it.
         assert!(
-            MessageFields::of(&[], &bare, 1, Dialect::Sqlite, false)
-                .event
+            MessageFields::of(&[], &bare, 1, Dialect::Sqlite)
+                .search_tsv
                 .is_none()
         );
-        assert!(fields.search_tsv.is_none());
+        let tsv = MessageFields::of(&[], &pm, 1, Dialect::Postgres).search_tsv;
+        assert!(tsv.is_some_and(|t| t.contains("'caf\u{e9}'") && t.contains("'there'")));
     }
 
     #[test]
