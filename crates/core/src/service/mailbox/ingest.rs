@@ -146,8 +146,9 @@ struct Prepared {
     rcpt_keys: Vec<Option<String>>,
     participants: Vec<String>,
     filing: Filing,
-    /// Its columns, serialised before the queue.
-    fields: MessageFields,
+    /// Its columns, serialised before the queue; shared with its row, not
+    /// copied into it.
+    fields: Arc<MessageFields>,
     /// Inbound mail: its event's members, serialised before the queue.
     event: Option<MessageEvent>,
 }
@@ -224,7 +225,7 @@ impl Ingest {
                 .collect();
             let participants = parsed.participants();
             let size = delivery.raw.len() as i64;
-            let fields = MessageFields::of(&delivery.rcpt_to, &parsed, size, dialect);
+            let fields = Arc::new(MessageFields::of(&delivery.rcpt_to, &parsed, size, dialect));
             let event = MessageEvent::of(&parsed, size);
             (delivery, parsed, rcpt_keys, participants, fields, event)
         };
@@ -610,12 +611,12 @@ impl Service {
                     .ok()
                     .map(|a| a.key());
                 let participants = c.parsed.participants();
-                let fields = MessageFields::of(
+                let fields = Arc::new(MessageFields::of(
                     &c.recipients,
                     &c.parsed,
                     c.raw.len() as i64,
                     Dialect::of(tx),
-                );
+                ));
                 Prepared {
                     delivery: InboundDelivery {
                         client_ip: String::new(),
@@ -893,7 +894,7 @@ impl Service {
             p.blob_hash.clone(),
             &envelope,
             pm,
-            p.fields.clone(),
+            Arc::clone(&p.fields),
             &rcpts
                 .iter()
                 .map(|r| r.agent_id.as_str())
@@ -1162,7 +1163,7 @@ fn message_row(
     blob_hash: String,
     d: &Envelope<'_>,
     pm: &Parsed,
-    fields: MessageFields,
+    fields: Arc<MessageFields>,
     agents: &[&str],
 ) -> MessageRow {
     MessageRow {
@@ -1206,7 +1207,12 @@ impl Service {
         now: i64,
     ) -> Result<String> {
         let mut st = Batch::default();
-        let fields = MessageFields::of(envelope.rcpt_to, pm, size, Dialect::of(tx));
+        let fields = Arc::new(MessageFields::of(
+            envelope.rcpt_to,
+            pm,
+            size,
+            Dialect::of(tx),
+        ));
         st.messages.push(message_row(
             message_id.to_string(),
             seq,
@@ -1262,7 +1268,7 @@ struct MessageRow {
     date_at: Option<i64>,
     snippet: Option<String>,
     search_body: String,
-    fields: MessageFields,
+    fields: Arc<MessageFields>,
     /// `search_token` of every agent the message is filed for.
     search_agents: Vec<String>,
 }
@@ -1272,7 +1278,6 @@ struct MessageRow {
 /// session, so the one committer task (on PostgreSQL inside the write
 /// lock) only copies them: serialising them there was about a tenth of
 /// the server's CPU at 20 connections (BENCHMARKS.md, session 17).
-#[derive(Clone)]
 struct MessageFields {
     size: i64,
     rcpt_to: String,
